@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both install what they need into
+# $(VENV) first, and reuse it when it is already there (the stamp is redone when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.transched-installed
+# The CPU-only torch 2.13.0 wheel cannot load torchvision's ops here; this pair runs on CPU and uses CUDA
+# where it is present.
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test lint format down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/transched demo
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -ra
+
+lint: install
+	$(PY) -m ruff check .
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+down:
+	$(VENV)/bin/transched down
+
+clean:
+	rm -rf .transched runs

@@ -1,0 +1,56 @@
+"""A searched parameter's range, and how a study overrides the default one."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+class Param(BaseModel):
+    """A float parameter: searched in [low, high] (log scale if `log`), or fixed at `value`.
+
+    In a study spec every key is optional and overrides the default range for that parameter:
+    ``{"low": 0.01, "high": 2}``, ``{"log": false}`` or ``{"value": 0.5}`` (fixed, not searched).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        for name in ("low", "high", "value"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number")
+        if self.value is not None and (self.low, self.high, self.log) != (None, None, None):
+            raise ValueError("give either value (a fixed parameter) or low/high/log (a range), not both")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        return self.value is not None
+
+
+def resolve(default: Param, override: Param | None) -> Param:
+    """The default range with a study's override applied; checked as a whole."""
+    if override is None:
+        return default
+    if override.fixed:
+        return override
+    low = override.low if override.low is not None else default.low
+    high = override.high if override.high is not None else default.high
+    log = override.log if override.log is not None else default.log
+    if low is None or high is None:
+        raise ValueError("a searched parameter needs both low and high")
+    if low > high:
+        raise ValueError(f"low ({low}) must be <= high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"a log-scale range needs low > 0, got low={low}")
+    return Param(low=low, high=high, log=log)

@@ -1,0 +1,97 @@
+"""The SQL study store: our table of studies beside Optuna's own schema, in one database.
+
+Trials are not copied into our tables: they live in Optuna's RDB schema (written by OptunaSearch), so
+``optuna.load_study(study_name=..., storage=URL)`` and optuna-dashboard read them as they are.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Engine, String, Text, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyStatus(str, enum.Enum):
+    pending = "pending"  # stored and submitted to Ray; the driver has not started yet
+    running = "running"
+    stopping = "stopping"  # a stop was asked for; running trials are being ended
+    completed = "completed"
+    stopped = "stopped"
+    failed = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StudyStatus.completed, StudyStatus.stopped, StudyStatus.failed)
+
+
+class Study(Base):
+    __tablename__ = "transched_studies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.pending.value, index=True)
+    optuna_study_name: Mapped[str] = mapped_column(String(128), unique=True)
+    ray_job_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+
+
+def make_engine(
+    url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5, max_overflow: int = 5
+) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # WAL lets the API read while a driver writes; the busy timeout waits out the writer's
+            # lock instead of failing with "database is locked".
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    # Bounded pool with pre-ping: one API process plus one driver per running study stay far under
+    # PostgreSQL's default of 100 connections, and a connection dropped while idle is replaced.
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def create_schema(engine: Engine) -> None:
+    Base.metadata.create_all(engine)
+
+
+def make_optuna_storage(
+    url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5, max_overflow: int = 5
+):
+    """Optuna's RDB storage on the same database (it creates its own tables on first use)."""
+    import optuna
+
+    if url.startswith("sqlite"):
+        kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_ms / 1000}}
+    else:
+        kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow}
+    # No heartbeat: Optuna's heartbeat only runs inside study.optimize(), never under ask-and-tell.
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)

@@ -1,0 +1,176 @@
+"""A study's driver: runs as its own Ray job, reads only the stored spec, runs Tune + OptunaSearch.
+
+    python -m service.driver STUDY_ID
+
+The driver moves the study pending -> running -> completed | stopped | failed, and on the way out
+fails any Optuna trial still RUNNING (Optuna's heartbeat does not run under ask-and-tell).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from functools import partial
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from service.db import StudyStatus, make_engine, make_optuna_storage, make_sessionmaker
+from service.repository import EPOCH_ATTR_PREFIX, get_status, get_study, reap_running_trials, set_status
+from service.schemas import METRIC, StudySpec
+from service.settings import Settings
+
+logger = logging.getLogger("transched.driver")
+
+# Per-epoch keys copied into the Optuna trial (user attrs), as the trainer reports them.
+EPOCH_KEYS = (
+    "epoch", "step", "lr", "lambda", "source_weight", "train_loss_target", "train_loss_source",
+    "val_acc", "val_loss", "best_val_acc",
+)  # fmt: skip
+
+
+class StoredOptunaSearch(OptunaSearch):
+    """OptunaSearch that also keeps what the API needs in the Optuna trial: the sampled config
+    (constants included, which Optuna's params lack), per-epoch metrics, node and timings."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            self._ot_trials[trial_id].set_user_attr("sampled", config)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return
+        if result.get("final"):
+            for key in ("test_acc", "best_epoch", "total_steps", "finished_at"):
+                ot_trial.set_user_attr(key, result.get(key))
+            return
+        if result.get("epoch") == 1:
+            ot_trial.set_user_attr("node", result.get("node"))
+            ot_trial.set_user_attr("started_at", result.get("started_at"))
+            ot_trial.set_user_attr("total_steps", result.get("total_steps"))
+        epoch = {k: result.get(k) for k in EPOCH_KEYS}
+        ot_trial.set_user_attr(f"{EPOCH_ATTR_PREFIX}{int(result['epoch']):05d}", epoch)
+
+
+class StopWhenAsked:
+    """A Tune stopper that ends the whole run once the study's stored status is `stopping`."""
+
+    def __init__(self, sessions: Any, study_id: str, every_s: float = 2.0):
+        self._sessions, self._study_id, self._every_s = sessions, study_id, every_s
+        self._last, self._stop = 0.0, False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._last >= self._every_s:
+            self._last = now
+            with self._sessions() as s:
+                self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
+        return self._stop
+
+
+def run_study(study_id: str, settings: Settings) -> StudyStatus:
+    import optuna
+    import ray
+    from ray import tune
+
+    from search_spaces import build_space
+    from service.trainable import run_trial
+
+    engine = make_engine(
+        settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=2
+    )
+    sessions = make_sessionmaker(engine)
+    with sessions() as s:
+        row = get_study(s, study_id=study_id)
+        if row is None:
+            raise SystemExit(f"no study {study_id} in {settings.resolved_database_url}")
+        spec = StudySpec.model_validate(row.spec)
+        optuna_name = row.optuna_study_name
+        if not set_status(s, study_id=study_id, status=StudyStatus.running, only_from=(StudyStatus.pending,)):
+            logger.warning("study %s is %s, not pending: nothing to run", study_id, row.status)
+            return StudyStatus(row.status)
+
+    storage = make_optuna_storage(
+        settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms
+    )
+    try:
+        ray.init(logging_level=logging.WARNING)
+        sampler = optuna.samplers.TPESampler(
+            seed=spec.seed,
+            constant_liar=True,  # parallel trials: pending ones count as bad guesses, not as nothing
+            multivariate=True,
+            group=True,  # the space is conditional on the method
+            n_startup_trials=spec.startup_trials,
+        )
+        searcher = StoredOptunaSearch(
+            space=build_space(spec.resolved_methods()),
+            metric=METRIC,
+            mode="max",
+            sampler=sampler,
+            study_name=optuna_name,
+            storage=storage,
+        )
+        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+        trainable = tune.with_resources(
+            partial(run_trial, fixed=spec.trainer.to_dict(), cpus_per_trial=spec.cpus_per_trial), resources
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=spec.n_trials,
+                max_concurrent_trials=spec.max_concurrent_trials,
+                reuse_actors=True,  # measured here: 0.4 s per trial instead of 2.0 s
+            ),
+            run_config=tune.RunConfig(
+                name=optuna_name,
+                storage_path=str((settings.data_dir / "ray_results").resolve()),
+                stop=StopWhenAsked(sessions, study_id),
+                verbose=1,
+            ),
+        )
+        results = tuner.fit()
+        errors = [r.error for r in results if r.error is not None]
+        with sessions() as s:
+            if get_status(s, study_id=study_id) == StudyStatus.stopping:
+                final = StudyStatus.stopped
+            elif errors and len(errors) == len(results):
+                final = StudyStatus.failed
+            else:
+                final = StudyStatus.completed
+            message = f"{len(errors)} of {len(results)} trials failed: {errors[0]}" if errors else None
+            set_status(s, study_id=study_id, status=final, error=message)
+        logger.info("study %s %s (%d trials, %d errors)", study_id, final.value, len(results), len(errors))
+        return final
+    except BaseException as exc:
+        with sessions() as s:
+            set_status(s, study_id=study_id, status=StudyStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        n = reap_running_trials(storage, name=optuna_name)
+        if n:
+            logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m service.driver STUDY_ID", file=sys.stderr)
+        return 2
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    status = run_study(argv[0], settings)
+    return 0 if status in (StudyStatus.completed, StudyStatus.stopped) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,234 @@
+"""Where studies run: a Ray cluster reached through its job API.
+
+With ``RAY_ADDRESS`` unset the service starts a local Ray head as its own process (``ray start --head
+--block`` in a new session, so it outlives an API restart and its jobs keep running) and reuses it
+while it is alive. Ray 2.60's dashboard and job API require token auth: the local head gets a token
+file in the data dir, and every client of it (this process, the drivers) reads the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class RayUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class RayCluster:
+    """A handle on the cluster the studies run on."""
+
+    dashboard_url: str  # http://host:port of the dashboard / job API
+    gcs_address: str | None
+    local: bool  # started by us on this machine (drivers can use this interpreter)
+    pid: int | None = None
+
+    def client(self):  # -> JobSubmissionClient; imported lazily: ray is heavy
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard_url)
+
+    def submit_study(self, *, study_id: str, settings: Settings) -> str:
+        python = sys.executable if self.local else "python"
+        env = {
+            "TRANSCHED_DATABASE_URL": settings.resolved_database_url,
+            "TRANSCHED_DATA_DIR": str(settings.data_dir.resolve()),
+            "TRANSCHED_LOG_LEVEL": settings.log_level,
+        }
+        job_id = self.client().submit_job(
+            entrypoint=f"{python} -m service.driver {study_id}",
+            submission_id=f"transched-{study_id}",
+            runtime_env={"env_vars": env},
+            metadata={"transched_study": study_id},
+        )
+        logger.info("submitted study %s as Ray job %s", study_id, job_id)
+        return job_id
+
+    def job_status(self, job_id: str) -> str | None:
+        try:
+            return str(self.client().get_job_status(job_id).value)
+        except Exception:  # unknown job (cluster restarted) or unreachable
+            logger.debug("no status for job %s", job_id, exc_info=True)
+            return None
+
+    def stop_job(self, job_id: str) -> bool:
+        try:
+            return bool(self.client().stop_job(job_id))
+        except Exception:
+            logger.warning("could not stop Ray job %s", job_id, exc_info=True)
+            return False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _dashboard_up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/api/version", timeout=2.0, headers=auth_headers()).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def auth_headers() -> dict[str, str]:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and Path(path).exists():
+        return {"Authorization": f"Bearer {Path(path).read_text().strip()}"}
+    return {}
+
+
+def use_token_auth(state_dir: Path) -> Path:
+    """Make this process (and its children) a token-auth client of the local head."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = state_dir / "auth_token"
+    if not token.exists():
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token.resolve())
+    return token
+
+
+def _state_dir(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "ray"
+
+
+def local_head(settings: Settings) -> RayCluster | None:
+    """The local head recorded in the data dir, if it is still alive."""
+    state_file = _state_dir(settings) / "head.json"
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    use_token_auth(_state_dir(settings))
+    if not _alive(state["pid"]) or not _dashboard_up(state["dashboard_url"]):
+        return None
+    return RayCluster(state["dashboard_url"], state["gcs_address"], local=True, pid=state["pid"])
+
+
+def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayCluster:
+    """Start `ray start --head --block` as its own process group and wait for its dashboard."""
+    existing = local_head(settings)
+    if existing:
+        logger.info("reusing local Ray head (pid %s, dashboard %s)", existing.pid, existing.dashboard_url)
+        return existing
+    state_dir = _state_dir(settings)
+    use_token_auth(state_dir)
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if not ray_bin:
+        raise RayUnavailable("the `ray` command was not found next to this Python; is ray installed?")
+    port = settings.ray_head_port if _port_free(settings.ray_head_port) else _free_port()
+    dash_port = settings.ray_dashboard_port if _port_free(settings.ray_dashboard_port) else _free_port()
+    cmd = [
+        ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--include-dashboard=true",
+        "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}",
+        f"--min-worker-port={20000}", f"--max-worker-port={29999}",
+    ]  # fmt: skip
+    if settings.ray_num_cpus:
+        cmd.append(f"--num-cpus={settings.ray_num_cpus}")
+    log_path = state_dir / "head.log"
+    logger.info("starting a local Ray head: %s", " ".join(cmd))
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash_port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RayUnavailable(f"the Ray head exited with code {proc.returncode}; see {log_path}")
+        if _dashboard_up(url):
+            break
+        time.sleep(0.5)
+    else:
+        stop_pid(proc.pid)
+        raise RayUnavailable(
+            f"the Ray head's dashboard did not come up within {timeout_s:.0f}s; see {log_path}"
+        )
+    state = {"pid": proc.pid, "dashboard_url": url, "gcs_address": f"127.0.0.1:{port}"}
+    (state_dir / "head.json").write_text(json.dumps(state))
+    logger.info("local Ray head up: dashboard %s, GCS %s", url, state["gcs_address"])
+    return RayCluster(url, state["gcs_address"], local=True, pid=proc.pid)
+
+
+def stop_pid(pid: int, *, timeout_s: float = 40.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)  # `ray start --block` drains and stops its processes on SIGTERM
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def stop_local_head(settings: Settings) -> bool:
+    state_file = _state_dir(settings) / "head.json"
+    if not state_file.exists():
+        return False
+    pid = json.loads(state_file.read_text())["pid"]
+    stop_pid(pid)
+    state_file.unlink(missing_ok=True)
+    return True
+
+
+def connect(settings: Settings) -> RayCluster:
+    """The cluster studies run on: `RAY_ADDRESS`'s when set, else a local head (started if needed)."""
+    if settings.ray_address:
+        url = settings.ray_dashboard_url
+        if not url:
+            addr = settings.ray_address
+            if addr.startswith("http"):
+                url = addr
+            else:
+                host = urlparse(f"//{addr.removeprefix('ray://')}").hostname or "127.0.0.1"
+                url = f"http://{host}:8265"
+        return RayCluster(url.rstrip("/"), settings.ray_address, local=False)
+    return start_local_head(settings)

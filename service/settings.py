@@ -1,0 +1,42 @@
+"""The one place that reads the environment."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRANSCHED_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".transched"), description="SQLite file, Ray head state, artifacts")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Unset: the service starts (or reuses) its own local Ray head. Set: use that cluster, start nothing.
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("RAY_ADDRESS", "TRANSCHED_RAY_ADDRESS")
+    )
+    # Dashboard (job API) URL of that cluster; derived from ray_address's host and 8265 when unset.
+    ray_dashboard_url: str | None = None
+    # The local head's ports: Redis holds 6379 on many machines, so the GCS port is explicit.
+    ray_head_port: int = 6390
+    ray_dashboard_port: int = 8265
+    ray_num_cpus: int | None = Field(default=None, description="CPUs the local head offers; default all")
+    sqlite_busy_timeout_ms: int = 30_000
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    log_level: str = "INFO"
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'transched.db').resolve()}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}"

@@ -1,0 +1,154 @@
+"""The whole product path, for real: uvicorn on a free loopback port, a real local Ray head, a SQLite
+file. A digits study of 6 trials, 2 at a time, is submitted over HTTP and polled to completion."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import optuna
+import pytest
+
+from service.cli import TERMINAL
+from service.db import make_optuna_storage
+from service.ray_cluster import stop_local_head
+from service.settings import Settings
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+STUDY = {
+    "name": "e2e-digits",
+    "trainer": {"source": "digits", "target": "digits", "n_target": 60, "epochs": 4, "batch_size": 32},
+    "methods": ["smooth", "finetune"],
+    "n_trials": 6,
+    "max_concurrent_trials": 2,
+    "cpus_per_trial": 1,
+    "seed": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("transched")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TRANSCHED_DATABASE_URL")}
+    env.update(
+        TRANSCHED_DATA_DIR=str(data_dir),
+        TRANSCHED_PORT=str(port),
+        TRANSCHED_RAY_HEAD_PORT=str(free_port()),
+        TRANSCHED_RAY_DASHBOARD_PORT=str(free_port()),
+        TRANSCHED_RAY_NUM_CPUS="2",
+    )
+    log = open(data_dir / "server.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    api = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (data_dir / "server.log").read_text()
+            try:
+                if httpx.get(f"{api}/healthz", timeout=2).json().get("ray_dashboard"):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.5)
+        yield {"api": api, "data_dir": data_dir, "env": env}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        stop_local_head(Settings(data_dir=data_dir))
+
+
+@pytest.fixture(scope="module")
+def finished(server):
+    api = server["api"]
+    resp = httpx.post(f"{api}/studies", json=STUDY, timeout=60)
+    assert resp.status_code == 202, resp.text
+    created = resp.json()
+    running_counts = []
+    deadline = time.monotonic() + 420
+    while True:
+        study = httpx.get(f"{api}/studies/{created['id']}", timeout=30).json()
+        running_counts.append(study["trial_counts"].get("RUNNING", 0))
+        if study["status"] in TERMINAL:
+            break
+        assert time.monotonic() < deadline, f"study did not finish: {study}"
+        time.sleep(0.5)
+    return {"created": created, "study": study, "running_counts": running_counts}
+
+
+def test_study_completes_with_every_trial_stored(server, finished):
+    study = finished["study"]
+    assert study["status"] == "completed", study
+    assert study["trial_counts"] == {"COMPLETE": 6}
+    trials = httpx.get(f"{server['api']}/studies/{study['id']}/trials?limit=100", timeout=30).json()
+    assert trials["total"] == 6 and len(trials["items"]) == 6
+    for t in trials["items"]:
+        assert t["state"] == "COMPLETE"
+        assert t["params"]["method"] in ("smooth", "finetune")
+        expected = {"method", "t0", "tau", "alpha"} if t["params"]["method"] == "smooth" else {"method", "t0"}
+        assert set(t["params"]) == expected
+        assert [e["epoch"] for e in t["epochs"]] == [1, 2, 3, 4]
+        for e in t["epochs"]:
+            assert 0 <= e["val_acc"] <= 1 and 0 <= e["lambda"] <= 1
+            assert e["source_weight"] == pytest.approx(1 - e["lambda"])
+        assert t["value"] == max(e["val_acc"] for e in t["epochs"])
+    # pagination
+    page = httpx.get(f"{server['api']}/studies/{study['id']}/trials?offset=4&limit=10", timeout=30).json()
+    assert [t["number"] for t in page["items"]] == [4, 5]
+
+
+def test_two_trials_ran_together(server, finished):
+    """From the trainables' own wall-clock start/end, stored per trial: some two intervals overlap."""
+    storage = make_optuna_storage(Settings(data_dir=server["data_dir"]).resolved_database_url)
+    trials = optuna.load_study(study_name=finished["created"]["optuna_study_name"], storage=storage).trials
+    spans = [(t.user_attrs["started_at"], t.user_attrs["finished_at"]) for t in trials]
+    overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if a[0] < b[1] and b[0] < a[1]]
+    assert overlaps, spans
+    assert max(finished["running_counts"]) <= 2
+
+
+def test_best_equals_optuna_best_trial_and_training_it_reproduces_the_val_acc(server, finished, tmp_path):
+    api, study_id = server["api"], finished["study"]["id"]
+    best = httpx.get(f"{api}/studies/{study_id}/best", timeout=30).json()
+    storage = make_optuna_storage(Settings(data_dir=server["data_dir"]).resolved_database_url)
+    ot_best = optuna.load_study(study_name=finished["created"]["optuna_study_name"], storage=storage).best_trial
+    assert best["trial_number"] == ot_best.number
+    assert best["val_acc"] == ot_best.value
+    for name, value in ot_best.params.items():
+        assert best["config"][name] == value
+    assert best["config"]["method"] == ot_best.user_attrs["sampled"]["method"]
+    assert best["schedule"]["T"] == ot_best.user_attrs["total_steps"]
+    if best["method"] == "smooth":
+        assert best["schedule"]["tau"] == pytest.approx(best["config"]["tau"] * best["schedule"]["T"])
+
+    best_file = tmp_path / "best.json"
+    best_file.write_text(json.dumps(best))
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "train", str(best_file), "--out", str(tmp_path / "run"), "--strict"],
+        env=server["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "reproduced" in out.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_val_acc"] == best["val_acc"]
+    assert Path(tmp_path / "run" / "model.pt").exists()
+
+
+def test_study_is_listed_and_names_its_optuna_study(server, finished):
+    listing = httpx.get(f"{server['api']}/studies", timeout=30).json()
+    assert finished["study"]["id"] in [s["id"] for s in listing["items"]]
+    assert finished["study"]["optuna_study_name"] == f"transched-{finished['study']['id']}"
+
+
+def test_stopping_a_finished_study_is_409(server, finished):
+    resp = httpx.post(f"{server['api']}/studies/{finished['study']['id']}/stop", timeout=30)
+    assert resp.status_code == 409
