@@ -14,6 +14,7 @@ import time
 from functools import partial
 from typing import Any
 
+from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
 
 from service.db import StudyStatus, make_engine, make_optuna_storage, make_sessionmaker
@@ -57,12 +58,19 @@ class StoredOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr(f"{EPOCH_ATTR_PREFIX}{int(result['epoch']):05d}", epoch)
 
 
-class StopWhenAsked:
-    """A Tune stopper that ends the whole run once the study's stored status is `stopping`."""
+class StopWhenAsked(Stopper):
+    """A Tune stopper that ends the whole run once the study's stored status is `stopping`.
 
-    def __init__(self, sessions: Any, study_id: str, every_s: float = 2.0):
-        self._sessions, self._study_id, self._every_s = sessions, study_id, every_s
+    Tune pickles its run config with the Tuner, so the database engine is made lazily and not pickled.
+    """
+
+    def __init__(self, settings: Settings, study_id: str, every_s: float = 2.0):
+        self._settings, self._study_id, self._every_s = settings, study_id, every_s
+        self._sessions: Any = None
         self._last, self._stop = 0.0, False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sessions": None}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return self.stop_all()
@@ -71,6 +79,10 @@ class StopWhenAsked:
         now = time.monotonic()
         if not self._stop and now - self._last >= self._every_s:
             self._last = now
+            if self._sessions is None:
+                url = self._settings.resolved_database_url
+                engine = make_engine(url, busy_timeout_ms=self._settings.sqlite_busy_timeout_ms, pool_size=1)
+                self._sessions = make_sessionmaker(engine)
             with self._sessions() as s:
                 self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
         return self._stop
@@ -133,7 +145,7 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
             run_config=tune.RunConfig(
                 name=optuna_name,
                 storage_path=str((settings.data_dir / "ray_results").resolve()),
-                stop=StopWhenAsked(sessions, study_id),
+                stop=StopWhenAsked(settings, study_id),
                 verbose=1,
             ),
         )

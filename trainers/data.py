@@ -20,9 +20,8 @@ torchvision and scikit-learn are imported lazily so that importing the package s
 from __future__ import annotations
 
 import logging
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +95,10 @@ class TransferData:
     source_hflip: bool  # horizontal flips keep the label (augmentation may use them)
     target_hflip: bool
     source_loaded: bool = True  # False when the method never uses the source (then source_x is empty)
+    # Where each set came from: positions in the dataset's training split ("test" indexes the official
+    # test split when `test_split == "official"`). For provenance, and to check that nothing leaks.
+    indices: dict[str, np.ndarray] = field(default_factory=dict)
+    test_split: str = "official"  # "official", or "train" when carved out of the training split
 
     @property
     def in_channels(self) -> int:
@@ -136,6 +139,8 @@ class TransferData:
             source_hflip=self.source_hflip,
             target_hflip=self.target_hflip,
             source_loaded=self.source_loaded,
+            indices=self.indices,
+            test_split=self.test_split,
         )
 
 
@@ -252,7 +257,8 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
     mean, std = _channel_stats(tr_x)
     tr_x, va_x, te_x = ((x - mean) / std for x in (tr_x, va_x, te_x))
 
-    if s_raw is not None and load_source:
+    data_source = s_raw is not None and load_source
+    if data_source:
         s_map = _label_map(s_classes)
         src_x = _to_shape(s_raw.train_x[torch.from_numpy(s_pool)], channels, size)
         s_mean, s_std = _channel_stats(src_x)
@@ -278,12 +284,18 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
         n_target_classes=len(t_classes),
         source_hflip=HFLIP_VALID[config.source],
         target_hflip=HFLIP_VALID[config.target],
-        source_loaded=bool(load_source and s_raw is not None),
+        source_loaded=data_source,
+        indices={
+            "source": s_pool if data_source else np.zeros(0, dtype=np.int64),
+            "target_train": train_idx,
+            "val": val_idx,
+            "test": test_idx,
+        },
+        test_split="official" if t_raw.test_x is not None else "train",
     )
     logger.info(
-        "data: target %s -> %s, source %s; %dx%dx%d; %s",
+        "data: target %s, source %s; images %dx%dx%d; %s",
         config.target,
-        "train/val/test",
         config.source if data.source_loaded else "(not loaded)",
         channels,
         size,
@@ -382,7 +394,9 @@ def _to_shape(x: torch.Tensor, channels: int, size: int, chunk: int = 4096) -> t
         if part.shape[1] != channels:
             part = part.repeat(1, 3, 1, 1) if channels == 3 else part.mean(dim=1, keepdim=True)
         if part.shape[-2:] != (size, size):
-            part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            part = F.interpolate(
+                part, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
         out.append(part)
     if not out:
         return torch.zeros((0, channels, size, size))
@@ -475,7 +489,8 @@ def _not_found(name: str, root: Path) -> DatasetNotFoundError:
     else:
         fetch = f"torchvision.datasets.{cls_name}('{root}', download=True)"
     return DatasetNotFoundError(
-        f"dataset {name!r} not found in {root.resolve()} (torchvision expects {layout} there). "
+        f"dataset {name!r} not found (or incomplete) in {root.resolve()} (torchvision expects {layout} "
+        "there). "
         "The trainer never downloads data. To provide it, on a machine with internet run\n"
         f'    python -c "import torchvision; {fetch}"\n'
         f"and copy what it writes into {root.resolve()}, or set data_dir to a folder that already has it."
@@ -510,8 +525,14 @@ def _load_torchvision(name: str, root: Path) -> _Raw:
             raise ValueError(name)
     except (RuntimeError, FileNotFoundError) as exc:
         raise _not_found(name, root) from exc
-    logger.info("loaded %s from %s in %.1fs (%d train, %d test)", name, root, time.monotonic() - t0,
-                len(ys[0]), len(ys[1]))
+    logger.info(
+        "loaded %s from %s in %.1fs (%d train, %d test)",
+        name,
+        root,
+        time.monotonic() - t0,
+        len(ys[0]),
+        len(ys[1]),
+    )
     return _Raw(name, xs[0], ys[0], xs[1], ys[1], n_classes)
 
 
@@ -569,7 +590,9 @@ def _read_images(folder: Any, size: int) -> tuple[torch.Tensor, np.ndarray]:
         if now - last > 10:  # big folders take minutes: say where we are
             logger.info("loading %s: %d/%d images (%.0fs)", folder.root, i + 1, n, now - t0)
             last = now
-    logger.info("loaded %d images at %dx%d from %s in %.1fs", n, size, size, folder.root, time.monotonic() - t0)
+    logger.info(
+        "loaded %d images at %dx%d from %s in %.1fs", n, size, size, folder.root, time.monotonic() - t0
+    )
     return x, y
 
 

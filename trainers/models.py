@@ -209,9 +209,9 @@ def _torchvision_resnet(name: str, in_channels: int, pretrained: bool, dropout: 
             raise PretrainedWeightsNotFoundError(
                 f"pretrained=True needs the ImageNet weights of {name} at {path}, which does not exist. "
                 "The trainer never downloads. On a machine with internet run\n"
-                f'    python -c "import torchvision; torchvision.models.{name}(weights=\'{weights}\')"\n'
+                f"    python -c \"import torchvision; torchvision.models.{name}(weights='{weights}')\"\n"
                 f"and copy ~/.cache/torch/hub/checkpoints/{path.name} to {path} "
-                "(or point $TORCH_HOME at a folder with checkpoints/ in it), or set pretrained=False."
+                "(torch.hub looks in $TORCH_HOME/hub/checkpoints/), or set pretrained=False."
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
         net.load_state_dict(state)
@@ -233,7 +233,9 @@ def _torchvision_resnet(name: str, in_channels: int, pretrained: bool, dropout: 
 # ---------------------------------------------------------------------------------------------------
 
 
-def build_backbone(name: str, in_channels: int = 3, *, dropout: float = 0.0, pretrained: bool = False) -> nn.Module:
+def build_backbone(
+    name: str, in_channels: int = 3, *, dropout: float = 0.0, pretrained: bool = False
+) -> nn.Module:
     """A backbone by its config name; `out_features` tells its feature width."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -334,7 +336,9 @@ class TransferNet(nn.Module):
     def forward(self, x: torch.Tensor, domain: str = "target") -> torch.Tensor:
         return self.head(domain)(self.features(x, domain))
 
-    def forward_joint(self, x_target: torch.Tensor, x_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_joint(
+        self, x_target: torch.Tensor, x_source: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both sub-batches through the backbone as one batch (shared BN only): (target, source) logits.
 
         With shared batch norm this is what "shared batch statistics" means: one set of batch

@@ -37,8 +37,10 @@ def sigmoid_weight(t: float, T: float, t0: float, tau: float, alpha: float) -> f
 
 
 def step_weight(t: float, T: float, t0: float) -> float:
-    """Eq. 5: pre-train on the source, then fine-tune on the target from iteration T/2 + t0 on."""
-    return 1.0 if t >= T / 2 + t0 else 0.0
+    """Eq. 5: pre-train on the source, then fine-tune on the target after iteration T/2 + t0."""
+    # Strictly after the switch point: with t = 1..T and t0 = 0 that is T/2 source steps, then T/2
+    # target steps (eq. 5 leaves t = T/2 + t0 itself open).
+    return 1.0 if t > T / 2 + t0 else 0.0
 
 
 def constant_weight(alpha: float) -> float:

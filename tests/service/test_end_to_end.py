@@ -152,3 +152,22 @@ def test_study_is_listed_and_names_its_optuna_study(server, finished):
 def test_stopping_a_finished_study_is_409(server, finished):
     resp = httpx.post(f"{server['api']}/studies/{finished['study']['id']}/stop", timeout=30)
     assert resp.status_code == 409
+
+
+def test_stop_ends_a_running_study_without_leaving_running_trials(server, finished):
+    spec = {**STUDY, "name": "e2e-stop", "n_trials": 40, "trainer": {**STUDY["trainer"], "epochs": 30}}
+    api = server["api"]
+    created = httpx.post(f"{api}/studies", json=spec, timeout=60).json()
+    deadline = time.monotonic() + 180
+    while httpx.get(f"{api}/studies/{created['id']}", timeout=30).json()["trial_counts"].get("COMPLETE", 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    resp = httpx.post(f"{api}/studies/{created['id']}/stop", timeout=30)
+    assert resp.status_code == 202
+    assert resp.json()["status"] == "stopping"
+    while (study := httpx.get(f"{api}/studies/{created['id']}", timeout=30).json())["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, study
+        time.sleep(0.5)
+    assert study["status"] == "stopped"
+    assert "RUNNING" not in study["trial_counts"]
+    assert sum(study["trial_counts"].values()) < 40
