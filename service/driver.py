@@ -88,6 +88,22 @@ class StopWhenAsked(Stopper):
         return self._stop
 
 
+def resource_problem(spec: StudySpec, cluster: dict[str, float]) -> str | None:
+    """Why no trial of this spec could ever be scheduled on this cluster, or None.
+
+    Tune would otherwise keep such trials pending forever, and the study would hang.
+    """
+    gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
+    if spec.gpus_per_trial > gpus:
+        return (
+            f"gpus_per_trial={spec.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPU(s); "
+            "set gpus_per_trial to 0 to train on CPUs"
+        )
+    if spec.cpus_per_trial > cpus:
+        return f"cpus_per_trial={spec.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPU(s)"
+    return None
+
+
 def run_study(study_id: str, settings: Settings) -> StudyStatus:
     import optuna
     import ray
@@ -115,6 +131,12 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
     )
     try:
         ray.init(logging_level=logging.WARNING)
+        problem = resource_problem(spec, ray.cluster_resources())
+        if problem:
+            with sessions() as s:
+                set_status(s, study_id=study_id, status=StudyStatus.failed, error=problem)
+            logger.error("study %s cannot run: %s", study_id, problem)
+            return StudyStatus.failed
         sampler = optuna.samplers.TPESampler(
             seed=spec.seed,
             constant_liar=True,  # parallel trials: pending ones count as bad guesses, not as nothing

@@ -34,10 +34,16 @@ def _stored(app) -> int:
         ({"methods": ["mixmatch"]}, ["body", "methods", 0]),
         ({"n_trials": 0}, ["body", "n_trials"]),
         ({"gpus_per_trial": -0.5}, ["body", "gpus_per_trial"]),
-        ({"methods": [{"method": "smooth", "tau": {"low": 2, "high": 1}}]}, ["body", "methods", 0, "smooth", "tau"]),
+        (
+            {"methods": [{"method": "smooth", "tau": {"low": 2, "high": 1}}]},
+            ["body", "methods", 0, "smooth", "tau"],
+        ),
         ({"surprise": 1}, ["body", "surprise"]),
         ({"trainer": {"epochs": 3, "learning_rate": 0.1}}, ["body", "trainer", "learning_rate"]),
-        ({"methods": [{"method": "finetune", "alpha": {"low": 0, "high": 1}}]}, ["body", "methods", 0, "finetune", "alpha"]),
+        (
+            {"methods": [{"method": "finetune", "alpha": {"low": 0, "high": 1}}]},
+            ["body", "methods", 0, "finetune", "alpha"],
+        ),
     ],
 )
 def test_bad_input_gets_422_naming_the_field_and_stores_nothing(app, client, body, loc):
@@ -92,5 +98,10 @@ def test_openapi_documents_every_response_code():
 
 
 def test_empty_list_is_paginated(client):
-    assert client.get("/studies?offset=0&limit=10").json() == {"items": [], "total": 0, "offset": 0, "limit": 10}
+    assert client.get("/studies?offset=0&limit=10").json() == {
+        "items": [],
+        "total": 0,
+        "offset": 0,
+        "limit": 10,
+    }
     assert client.get("/studies?limit=0").status_code == 422

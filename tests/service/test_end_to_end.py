@@ -44,7 +44,9 @@ def server(tmp_path_factory):
         TRANSCHED_RAY_NUM_CPUS="2",
     )
     log = open(data_dir / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     api = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -117,7 +119,9 @@ def test_best_equals_optuna_best_trial_and_training_it_reproduces_the_val_acc(se
     api, study_id = server["api"], finished["study"]["id"]
     best = httpx.get(f"{api}/studies/{study_id}/best", timeout=30).json()
     storage = make_optuna_storage(Settings(data_dir=server["data_dir"]).resolved_database_url)
-    ot_best = optuna.load_study(study_name=finished["created"]["optuna_study_name"], storage=storage).best_trial
+    ot_best = optuna.load_study(
+        study_name=finished["created"]["optuna_study_name"], storage=storage
+    ).best_trial
     assert best["trial_number"] == ot_best.number
     assert best["val_acc"] == ot_best.value
     for name, value in ot_best.params.items():
@@ -130,7 +134,16 @@ def test_best_equals_optuna_best_trial_and_training_it_reproduces_the_val_acc(se
     best_file = tmp_path / "best.json"
     best_file.write_text(json.dumps(best))
     out = subprocess.run(
-        [sys.executable, "-m", "service.cli", "train", str(best_file), "--out", str(tmp_path / "run"), "--strict"],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "train",
+            str(best_file),
+            "--out",
+            str(tmp_path / "run"),
+            "--strict",
+        ],
         env=server["env"],
         capture_output=True,
         text=True,
@@ -159,7 +172,9 @@ def test_stop_ends_a_running_study_without_leaving_running_trials(server, finish
     api = server["api"]
     created = httpx.post(f"{api}/studies", json=spec, timeout=60).json()
     deadline = time.monotonic() + 180
-    while httpx.get(f"{api}/studies/{created['id']}", timeout=30).json()["trial_counts"].get("COMPLETE", 0) < 1:
+    while (
+        httpx.get(f"{api}/studies/{created['id']}", timeout=30).json()["trial_counts"].get("COMPLETE", 0) < 1
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.5)
     resp = httpx.post(f"{api}/studies/{created['id']}/stop", timeout=30)

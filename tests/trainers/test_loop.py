@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def digits(**overrides):
-    base = dict(source="digits", target="digits", n_target=50, epochs=2, batch_size=32, num_threads=1, device="cpu")
+    base = dict(
+        source="digits", target="digits", n_target=50, epochs=2, batch_size=32, num_threads=1, device="cpu"
+    )
     return {**base, **overrides}
 
 
@@ -34,7 +36,9 @@ def run(config):
 def test_target_method_never_touches_the_source(tmp_path, monkeypatch):
     heads = []
     original = TransferNet.head
-    monkeypatch.setattr(TransferNet, "head", lambda self, domain: heads.append(domain) or original(self, domain))
+    monkeypatch.setattr(
+        TransferNet, "head", lambda self, domain: heads.append(domain) or original(self, domain)
+    )
     # The source is a dataset that is not even on disk: "target" must not try to read it.
     config = digits(method="target", source="mnist", data_dir=str(tmp_path / "absent"), epochs=3)
     result, reports = run(config)
@@ -59,7 +63,11 @@ def test_finetune_first_half_is_source_only_then_target_only():
 
 @pytest.mark.parametrize(
     "method, params",
-    [("smooth", dict(t0=0.1, tau=0.15, alpha=0.3)), ("multitask", dict(alpha=-1.0)), ("smooth", dict(tau=1e-6))],
+    [
+        ("smooth", dict(t0=0.1, tau=0.15, alpha=0.3)),
+        ("multitask", dict(alpha=-1.0)),
+        ("smooth", dict(tau=1e-6)),
+    ],
 )
 def test_reported_schedule_is_the_schedule_at_that_step(method, params):
     config = digits(method=method, epochs=3, warmup=0.1, lr=0.02, final_lr=0.001, **params)
@@ -133,7 +141,9 @@ def test_best_weights_are_kept_and_early_stopping():
     config = digits(method="multitask", epochs=6, patience=1, lr=0.1)
     result, reports = run(config)
     accs = [m["val_acc"] for m in reports]
-    assert result.best_val_acc == max(accs) and result.best_epoch == accs.index(max(accs)) + 1  # ties: earlier
+    assert (
+        result.best_val_acc == max(accs) and result.best_epoch == accs.index(max(accs)) + 1
+    )  # ties: earlier
     # patience 1: stops at the first epoch without a better val accuracy
     improved = [i == 0 or accs[i] > max(accs[:i]) for i in range(len(accs))]
     assert len(reports) == (improved.index(False) + 1 if False in improved else 6)

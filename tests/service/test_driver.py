@@ -1,0 +1,16 @@
+from service.driver import resource_problem
+from service.schemas import StudySpec
+
+
+def test_a_study_asking_for_gpus_on_a_cpu_cluster_is_refused_with_a_clear_message():
+    problem = resource_problem(StudySpec(gpus_per_trial=0.5), {"CPU": 2.0})
+    assert "gpus_per_trial=0.5" in problem and "0 GPU" in problem
+
+
+def test_fractional_gpus_fit_a_gpu_cluster_and_cpu_studies_fit_a_cpu_cluster():
+    assert resource_problem(StudySpec(gpus_per_trial=0.25), {"CPU": 8.0, "GPU": 1.0}) is None
+    assert resource_problem(StudySpec(), {"CPU": 2.0}) is None
+
+
+def test_more_cpus_per_trial_than_the_cluster_has_is_refused():
+    assert "cpus_per_trial=4" in resource_problem(StudySpec(cpus_per_trial=4), {"CPU": 2.0})
