@@ -43,7 +43,11 @@ def _summary(study: dict[str, Any]) -> str:
     )
     total = study["spec"]["n_trials"]
     best = study.get("best")
-    best_s = f" | best val_acc {best['value']:.4f} (trial {best['number']}: {best['params']})" if best else ""
+    params = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in (best or {}).get("params", {}).items()
+    )
+    best_s = f" | best val_acc {best['value']:.4f} (trial {best['number']}: {params})" if best else ""
     return f"{study['status']}: {counts} of {total}{best_s}"
 
 

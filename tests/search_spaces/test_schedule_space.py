@@ -39,7 +39,9 @@ def test_multi_method_space_is_conditional_on_the_method():
 def test_tpe_samples_only_the_chosen_methods_params():
     methods = {m: method_space(m) for m in METHODS}
     space = build_space(methods)
-    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3), direction="maximize")
+    study = optuna.create_study(
+        sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3), direction="maximize"
+    )
     seen = set()
     for _ in range(20):
         trial = study.ask()
@@ -59,11 +61,15 @@ def test_defaults_follow_the_paper_tau_log_offsets_linear_and_reach_both_extreme
     # Largest tau: lambda moves < 0.05 over the whole run (the constant of eq. 6).
     assert 1 / DEFAULTS["tau"].high / 4 < 0.05
     # alpha reaches weights near 0 and near 1.
-    assert 1 / (1 + math.exp(DEFAULTS["alpha"].high)) < 0.01 and 1 / (1 + math.exp(DEFAULTS["alpha"].low)) > 0.99
+    assert (
+        1 / (1 + math.exp(DEFAULTS["alpha"].high)) < 0.01 and 1 / (1 + math.exp(DEFAULTS["alpha"].low)) > 0.99
+    )
 
 
 def test_overrides_bounds_log_flag_and_fixed_value():
-    ps = method_space("smooth", {"tau": Param(low=0.01), "t0": Param(value=0.2), "alpha": Param(log=False, high=1)})
+    ps = method_space(
+        "smooth", {"tau": Param(low=0.01), "t0": Param(value=0.2), "alpha": Param(log=False, high=1)}
+    )
     assert ps["tau"] == Param(low=0.01, high=DEFAULTS["tau"].high, log=True)
     assert ps["t0"].fixed and ps["t0"].value == 0.2
     config = build_space({"smooth": ps})(optuna.trial.FixedTrial({"tau": 0.5, "alpha": 0.0}))
