@@ -4,7 +4,27 @@ A space is a plain function ``space(trial) -> dict`` that only calls ``trial.sug
 returns are `trainers.TrainConfig` field names, so sampled params merge into the config unrenamed.
 """
 
+from search_spaces.methods import METHOD_DEFAULTS
 from search_spaces.params import Param, resolve
-from search_spaces.schedule import DEFAULTS, METHOD_SPACE_PARAMS, build_space, method_space
+from search_spaces.schedule import (
+    DEFAULTS,
+    METHOD_SPACE_PARAMS,
+    arm_defaults,
+    arm_name,
+    build_space,
+    method_space,
+    parse_arm,
+)
 
-__all__ = ["DEFAULTS", "METHOD_SPACE_PARAMS", "Param", "build_space", "method_space", "resolve"]
+__all__ = [
+    "DEFAULTS",
+    "METHOD_DEFAULTS",
+    "METHOD_SPACE_PARAMS",
+    "Param",
+    "arm_defaults",
+    "arm_name",
+    "build_space",
+    "method_space",
+    "parse_arm",
+    "resolve",
+]

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from service import repository as repo
 from service.db import Study, StudyStatus, create_schema, make_engine, make_optuna_storage, make_sessionmaker
-from service.ray_cluster import RayCluster, RayUnavailable, connect
+from service.ray_cluster import RayCluster, RayUnavailable, connect, resource_problem
 from service.schemas import (
     BestConfig,
     BestSoFar,
@@ -185,6 +185,14 @@ def _routes(app: FastAPI) -> None:
         import uuid
 
         cluster = _cluster(request)
+        try:
+            # Custom resource names come back renamed from the dashboard: the driver checks those.
+            problem = resource_problem(spec, cluster.resources(), custom=False)
+        except Exception:  # the status API is best effort; the driver checks again with Ray's own view
+            logger.warning("could not read the cluster's resources", exc_info=True)
+            problem = None
+        if problem:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problem)
         study_id = uuid.uuid4().hex
         study = repo.create_study(
             session, name=spec.name, spec=spec.model_dump(mode="json"), study_id=study_id
@@ -248,6 +256,9 @@ def _routes(app: FastAPI) -> None:
                 params=_params(t),
                 epochs=repo.epoch_history(t),
                 node=t.user_attrs.get("node"),
+                node_id=t.user_attrs.get("node_id"),
+                device=t.user_attrs.get("device"),
+                restarts=t.user_attrs.get("restarts", 0),
                 total_steps=t.user_attrs.get("total_steps"),
                 datetime_start=t.datetime_start,
                 datetime_complete=t.datetime_complete,

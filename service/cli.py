@@ -1,4 +1,4 @@
-"""The `transched` command: serve | submit FILE | status ID | best ID | train FILE | demo | down."""
+"""The `transched` command: serve | submit FILE | status ID | best ID | train FILE | demo | down | db."""
 
 from __future__ import annotations
 
@@ -234,6 +234,19 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    from service.db import make_engine
+    from service.migrate import current, head, upgrade
+
+    engine = make_engine(settings.resolved_database_url)
+    if args.action == "upgrade":
+        upgrade(engine)
+    where = engine.url.render_as_string(hide_password=True)
+    print(f"database {where}: revision {current(engine)} (head {head()})")
+    engine.dispose()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transched", description=__doc__)
     p.add_argument("--api", help="API base URL (default http://TRANSCHED_HOST:TRANSCHED_PORT)")
@@ -256,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="start the server, run the bundled demo study, print the best config")
     s.add_argument("--file", help="a study spec to run instead of the bundled one")
     sub.add_parser("down", help="stop the server and the local Ray head started by `demo`")
+    s = sub.add_parser("db", help="schema migrations of the study store (the server also upgrades at start)")
+    s.add_argument("action", choices=["upgrade", "current"])
     return p
 
 
@@ -267,6 +282,7 @@ COMMANDS = {
     "train": cmd_train,
     "demo": cmd_demo,
     "down": cmd_down,
+    "db": cmd_db,
 }
 
 
@@ -274,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return COMMANDS[args.command](args, settings)
     except httpx.ConnectError as exc:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, String, Text, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, String, Text, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
@@ -46,15 +47,19 @@ class Study(Base):
     optuna_study_name: Mapped[str] = mapped_column(String(128), unique=True)
     ray_job_id: Mapped[str | None] = mapped_column(String(128), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
 
 
 def make_engine(
     url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5, max_overflow: int = 5
 ) -> Engine:
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, connect_args={"timeout": busy_timeout_ms / 1000, "check_same_thread": False}
         )
@@ -80,7 +85,10 @@ def make_sessionmaker(engine: Engine) -> sessionmaker:
 
 
 def create_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
+    """Our tables at the newest migration (Alembic; see service/migrations)."""
+    from service.migrate import upgrade
+
+    upgrade(engine)
 
 
 def make_optuna_storage(

@@ -18,7 +18,15 @@ from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
 
 from service.db import StudyStatus, make_engine, make_optuna_storage, make_sessionmaker
-from service.repository import EPOCH_ATTR_PREFIX, get_status, get_study, reap_running_trials, set_status
+from service.ray_cluster import resource_problem
+from service.repository import (
+    EPOCH_ATTR_PREFIX,
+    get_status,
+    get_study,
+    heartbeat,
+    reap_running_trials,
+    set_status,
+)
 from service.schemas import METRIC, StudySpec
 from service.settings import Settings
 
@@ -41,6 +49,13 @@ class StoredOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr("sampled", config)
         return config
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        # A trial ended before its last result (study stopped, scheduler) has only a partial value:
+        # it reaches Optuna as PRUNED, not COMPLETE, so TPE and /best only see fully trained trials.
+        if result is not None and not error and not result.get("final"):
+            result = None
+        super().on_trial_complete(trial_id, result=result, error=error)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         super().on_trial_result(trial_id, result)
         ot_trial = self._ot_trials.get(trial_id)
@@ -51,9 +66,10 @@ class StoredOptunaSearch(OptunaSearch):
                 ot_trial.set_user_attr(key, result.get(key))
             return
         if result.get("epoch") == 1:
-            ot_trial.set_user_attr("node", result.get("node"))
-            ot_trial.set_user_attr("started_at", result.get("started_at"))
-            ot_trial.set_user_attr("total_steps", result.get("total_steps"))
+            if f"{EPOCH_ATTR_PREFIX}00001" in ot_trial.user_attrs:  # the trial was rerun after a failure
+                ot_trial.set_user_attr("restarts", ot_trial.user_attrs.get("restarts", 0) + 1)
+            for key in ("node", "node_id", "device", "started_at", "total_steps"):
+                ot_trial.set_user_attr(key, result.get(key))
         epoch = {k: result.get(k) for k in EPOCH_KEYS}
         ot_trial.set_user_attr(f"{EPOCH_ATTR_PREFIX}{int(result['epoch']):05d}", epoch)
 
@@ -84,24 +100,9 @@ class StopWhenAsked(Stopper):
                 engine = make_engine(url, busy_timeout_ms=self._settings.sqlite_busy_timeout_ms, pool_size=1)
                 self._sessions = make_sessionmaker(engine)
             with self._sessions() as s:
+                heartbeat(s, study_id=self._study_id)
                 self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
         return self._stop
-
-
-def resource_problem(spec: StudySpec, cluster: dict[str, float]) -> str | None:
-    """Why no trial of this spec could ever be scheduled on this cluster, or None.
-
-    Tune would otherwise keep such trials pending forever, and the study would hang.
-    """
-    gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
-    if spec.gpus_per_trial > gpus:
-        return (
-            f"gpus_per_trial={spec.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPU(s); "
-            "set gpus_per_trial to 0 to train on CPUs"
-        )
-    if spec.cpus_per_trial > cpus:
-        return f"cpus_per_trial={spec.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPU(s)"
-    return None
 
 
 def run_study(study_id: str, settings: Settings) -> StudyStatus:
@@ -133,10 +134,9 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         ray.init(logging_level=logging.WARNING)
         problem = resource_problem(spec, ray.cluster_resources())
         if problem:
-            with sessions() as s:
-                set_status(s, study_id=study_id, status=StudyStatus.failed, error=problem)
+            final, message = StudyStatus.failed, problem
             logger.error("study %s cannot run: %s", study_id, problem)
-            return StudyStatus.failed
+            return final
         sampler = optuna.samplers.TPESampler(
             seed=spec.seed,
             constant_liar=True,  # parallel trials: pending ones count as bad guesses, not as nothing
@@ -152,9 +152,15 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
             study_name=optuna_name,
             storage=storage,
         )
-        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+        resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial, **spec.resources_per_trial}
         trainable = tune.with_resources(
-            partial(run_trial, fixed=spec.trainer.to_dict(), cpus_per_trial=spec.cpus_per_trial), resources
+            partial(
+                run_trial,
+                fixed=spec.trainer.to_dict(),
+                cpus_per_trial=spec.cpus_per_trial,
+                gpus_per_trial=spec.gpus_per_trial,
+            ),
+            resources,
         )
         tuner = tune.Tuner(
             trainable,
@@ -168,6 +174,8 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
                 name=optuna_name,
                 storage_path=str((settings.data_dir / "ray_results").resolve()),
                 stop=StopWhenAsked(settings, study_id),
+                # A trial whose worker or node died is rerun (on any node that fits) up to max_retries times.
+                failure_config=tune.FailureConfig(max_failures=spec.max_retries),
                 verbose=1,
             ),
         )
@@ -180,18 +188,19 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
                 final = StudyStatus.failed
             else:
                 final = StudyStatus.completed
-            message = f"{len(errors)} of {len(results)} trials failed: {errors[0]}" if errors else None
-            set_status(s, study_id=study_id, status=final, error=message)
+        message = f"{len(errors)} of {len(results)} trials failed: {errors[0]}" if errors else None
         logger.info("study %s %s (%d trials, %d errors)", study_id, final.value, len(results), len(errors))
         return final
     except BaseException as exc:
-        with sessions() as s:
-            set_status(s, study_id=study_id, status=StudyStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        final, message = StudyStatus.failed, f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        # Reap before the final status is written: whoever sees the study ended sees no RUNNING trial.
         n = reap_running_trials(storage, name=optuna_name)
         if n:
             logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
+        with sessions() as s:
+            set_status(s, study_id=study_id, status=final, error=message)
         engine.dispose()
 
 

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from service.schemas import StudySpec
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,14 +41,24 @@ class RayCluster:
     gcs_address: str | None
     local: bool  # started by us on this machine (drivers can use this interpreter)
     pid: int | None = None
+    token_path: Path | None = None
 
     def client(self):  # -> JobSubmissionClient; imported lazily: ray is heavy
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.dashboard_url)
+        return JobSubmissionClient(self.dashboard_url, headers=auth_headers(self.token_path))
+
+    def resources(self) -> dict[str, float]:
+        """Total logical resources of the cluster (CPU, GPU, ...), from the dashboard's status."""
+        resp = httpx.get(
+            f"{self.dashboard_url}/api/cluster_status", headers=auth_headers(self.token_path), timeout=10
+        )
+        resp.raise_for_status()
+        usage = resp.json()["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
+        return {name: float(used_total[1]) for name, used_total in usage.items()}
 
     def submit_study(self, *, study_id: str, settings: Settings) -> str:
-        python = sys.executable if self.local else "python"
+        python = sys.executable if self.local else settings.driver_python
         env = {
             "TRANSCHED_DATABASE_URL": settings.resolved_database_url,
             "TRANSCHED_DATA_DIR": str(settings.data_dir.resolve()),
@@ -111,22 +122,26 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _dashboard_up(url: str) -> bool:
+def _dashboard_up(url: str, token_path: Path | None) -> bool:
     try:
-        return httpx.get(f"{url}/api/version", timeout=2.0, headers=auth_headers()).status_code == 200
+        return (
+            httpx.get(f"{url}/api/version", timeout=2.0, headers=auth_headers(token_path)).status_code == 200
+        )
     except httpx.HTTPError:
         return False
 
 
-def auth_headers() -> dict[str, str]:
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
-    if path and Path(path).exists():
-        return {"Authorization": f"Bearer {Path(path).read_text().strip()}"}
+def auth_headers(token_path: Path | None) -> dict[str, str]:
+    if token_path and token_path.exists():
+        return {"Authorization": f"Bearer {token_path.read_text().strip()}"}
     return {}
 
 
 def use_token_auth(state_dir: Path) -> Path:
-    """Make this process (and its children) a token-auth client of the local head."""
+    """Make this process (and its children: the head, its jobs) token-auth clients of the local head.
+
+    Ray's own clients read RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH from the environment, so they are set here.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     token = state_dir / "auth_token"
     if not token.exists():
@@ -147,10 +162,12 @@ def local_head(settings: Settings) -> RayCluster | None:
     if not state_file.exists():
         return None
     state = json.loads(state_file.read_text())
-    use_token_auth(_state_dir(settings))
-    if not _alive(state["pid"]) or not _dashboard_up(state["dashboard_url"]):
+    token = use_token_auth(_state_dir(settings))
+    if not _alive(state["pid"]) or not _dashboard_up(state["dashboard_url"], token):
         return None
-    return RayCluster(state["dashboard_url"], state["gcs_address"], local=True, pid=state["pid"])
+    return RayCluster(
+        state["dashboard_url"], state["gcs_address"], local=True, pid=state["pid"], token_path=token
+    )
 
 
 def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayCluster:
@@ -160,7 +177,7 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
         logger.info("reusing local Ray head (pid %s, dashboard %s)", existing.pid, existing.dashboard_url)
         return existing
     state_dir = _state_dir(settings)
-    use_token_auth(state_dir)
+    token = use_token_auth(state_dir)
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if not ray_bin:
         raise RayUnavailable("the `ray` command was not found next to this Python; is ray installed?")
@@ -183,7 +200,7 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RayUnavailable(f"the Ray head exited with code {proc.returncode}; see {log_path}")
-        if _dashboard_up(url):
+        if _dashboard_up(url, token):
             break
         time.sleep(0.5)
     else:
@@ -194,7 +211,7 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
     state = {"pid": proc.pid, "dashboard_url": url, "gcs_address": f"127.0.0.1:{port}"}
     (state_dir / "head.json").write_text(json.dumps(state))
     logger.info("local Ray head up: dashboard %s, GCS %s", url, state["gcs_address"])
-    return RayCluster(url, state["gcs_address"], local=True, pid=proc.pid)
+    return RayCluster(url, state["gcs_address"], local=True, pid=proc.pid, token_path=token)
 
 
 def stop_pid(pid: int, *, timeout_s: float = 40.0) -> None:
@@ -230,5 +247,28 @@ def connect(settings: Settings) -> RayCluster:
             else:
                 host = urlparse(f"//{addr.removeprefix('ray://')}").hostname or "127.0.0.1"
                 url = f"http://{host}:8265"
-        return RayCluster(url.rstrip("/"), settings.ray_address, local=False)
+        return RayCluster(
+            url.rstrip("/"), settings.ray_address, local=False, token_path=settings.ray_auth_token_path
+        )
     return start_local_head(settings)
+
+
+def resource_problem(spec: StudySpec, cluster: dict[str, float], *, custom: bool = True) -> str | None:
+    """Why no trial of this spec could ever be scheduled on this cluster, or None.
+
+    Tune would otherwise keep such trials pending forever, and the study would hang.
+    """
+    gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
+    if spec.gpus_per_trial > gpus:
+        return (
+            f"gpus_per_trial={spec.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPU(s); "
+            "set gpus_per_trial to 0 to train on CPUs"
+        )
+    if spec.cpus_per_trial > cpus:
+        return f"cpus_per_trial={spec.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPU(s)"
+    for name, amount in spec.resources_per_trial.items() if custom else ():
+        if amount > cluster.get(name, 0.0):
+            return (
+                f"resources_per_trial[{name!r}]={amount:g} but the Ray cluster has {cluster.get(name, 0.0):g}"
+            )
+    return None

@@ -65,6 +65,11 @@ def set_status(
     return moved
 
 
+def heartbeat(session: Session, *, study_id: str) -> None:
+    session.execute(update(Study).where(Study.id == study_id).values(heartbeat_at=utcnow()))
+    session.commit()
+
+
 def get_status(session: Session, *, study_id: str) -> StudyStatus | None:
     value = session.scalar(select(Study.status).where(Study.id == study_id))
     return StudyStatus(value) if value else None

@@ -79,7 +79,13 @@ class StudySpec(BaseModel):
     n_trials: int = Field(default=12, ge=1, le=100_000)
     max_concurrent_trials: int = Field(default=1, ge=1, le=1024)
     cpus_per_trial: float = Field(default=1.0, gt=0)
-    gpus_per_trial: float = Field(default=0.0, ge=0)
+    gpus_per_trial: float = Field(
+        default=0.0, ge=0, description="fractional allowed: 0.25 = four trials a GPU"
+    )
+    resources_per_trial: dict[str, float] = Field(
+        default_factory=dict, description='custom Ray resources each trial needs, e.g. {"big_mem": 1}'
+    )
+    max_retries: int = Field(default=1, ge=0, le=10, description="times a trial whose worker died is rerun")
     seed: int = Field(default=0, description="seed of the TPE sampler")
     n_startup_trials: int | None = Field(
         default=None, ge=1, description="random trials before TPE; default min(10, max(3, n_trials // 3))"
@@ -102,6 +108,9 @@ class StudySpec(BaseModel):
             method_space(m.method, m.overrides())  # raises ValueError naming the bad bound
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ValueError("gpus_per_trial above 1 must be a whole number")
+        bad = [k for k, v in self.resources_per_trial.items() if k in ("CPU", "GPU", "cpu", "gpu") or v < 0]
+        if bad:
+            raise ValueError(f"resources_per_trial: {bad} (use cpus_per_trial/gpus_per_trial; amounts >= 0)")
         return self
 
     def resolved_methods(self) -> dict[str, dict[str, Param]]:
@@ -168,7 +177,10 @@ class TrialOut(BaseModel):
     value: float | None
     params: dict[str, Any]
     epochs: list[dict[str, Any]] = Field(description="per-epoch metrics as reported by the trainer")
-    node: str | None = None
+    node: str | None = Field(default=None, description="hostname the trial ran on")
+    node_id: str | None = Field(default=None, description="Ray node id the trial ran on (its last attempt)")
+    device: str | None = None
+    restarts: int = Field(default=0, description="times the trial was rerun after its worker died")
     total_steps: int | None = None
     datetime_start: datetime | None
     datetime_complete: datetime | None

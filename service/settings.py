@@ -22,6 +22,13 @@ class Settings(BaseSettings):
     )
     # Dashboard (job API) URL of that cluster; derived from ray_address's host and 8265 when unset.
     ray_dashboard_url: str | None = None
+    # Token file of a token-auth Ray cluster (Ray 2.60's dashboard and job API require one). For the local
+    # head the service makes one in data_dir/ray; for your own cluster point this at its token.
+    ray_auth_token_path: Path | None = Field(
+        default=None, validation_alias=AliasChoices("RAY_AUTH_TOKEN_PATH", "TRANSCHED_RAY_AUTH_TOKEN_PATH")
+    )
+    # The Python that runs a study's driver on the cluster's head node (the local head uses this one's).
+    driver_python: str = "python"
     # The local head's ports: Redis holds 6379 on many machines, so the GCS port is explicit.
     ray_head_port: int = 6390
     ray_dashboard_port: int = 8265

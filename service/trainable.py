@@ -20,17 +20,36 @@ def merge_config(fixed: dict[str, Any], sampled: dict[str, Any], *, cpus_per_tri
     return TrainConfig.from_dict(merged)
 
 
-def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], cpus_per_trial: float) -> None:
+def claim_device(gpus_per_trial: float) -> str:
+    """The device this trial trains on. A trial given a share of a GPU caps its own memory at that
+    share: Ray's fractional GPUs are bookkeeping only and limit nothing on the device."""
+    import torch
+
+    if gpus_per_trial <= 0 or not torch.cuda.is_available():
+        return "cpu"
+    if gpus_per_trial < 1:
+        torch.cuda.set_per_process_memory_fraction(gpus_per_trial, device=0)
+    return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+
+
+def run_trial(
+    sampled: dict[str, Any], *, fixed: dict[str, Any], cpus_per_trial: float, gpus_per_trial: float = 0.0
+) -> None:
+    import ray
     from ray import tune
 
     from trainers import train
 
     config = merge_config(fixed, sampled, cpus_per_trial=cpus_per_trial)
-    node = socket.gethostname()
-    started = time.time()
+    where = {
+        "node": socket.gethostname(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "device": claim_device(gpus_per_trial),
+        "started_at": time.time(),
+    }
 
     def report(metrics: dict[str, Any]) -> None:
-        tune.report({**metrics, "node": node, "started_at": started})
+        tune.report({**metrics, **where})
 
     result = train(config, report=report)
     # A last result after training: the test accuracy of the best-validation model, and the run's end.
@@ -43,8 +62,7 @@ def run_trial(sampled: dict[str, Any], *, fixed: dict[str, Any], cpus_per_trial:
             "test_acc": result.test_acc,
             "best_epoch": result.best_epoch,
             "total_steps": result.total_steps,
-            "node": node,
-            "started_at": started,
+            **where,
             "finished_at": time.time(),
         }
     )

@@ -10,10 +10,42 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
-Method = Literal["target", "finetune", "multitask", "smooth"]
+Method = Literal[
+    # the schedule family of Smooth Transfer Learning (paper 002)
+    "target",
+    "finetune",
+    "multitask",
+    "smooth",
+    # issue 3: the mixup family, each a module of trainers/methods/
+    "source_finetune",
+    "mixup",
+    "kmixup",
+    "cutmix",
+    "ict",
+    "xmixup",
+    "smile",
+    "automix",
+]
+Init = Literal["auto", "scratch", "source_pretrained", "checkpoint", "imagenet"]
 Dataset = Literal["digits", "synthetic", "cifar10", "cifar100", "svhn", "mnist", "imagefolder"]
 Backbone = Literal["small_cnn", "resnet20", "wrn10_2", "resnet18", "resnet50"]
 METHODS: tuple[str, ...] = get_args(Method)
+SCHEDULE_METHODS: tuple[str, ...] = ("target", "finetune", "multitask", "smooth")
+MIXUP_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in SCHEDULE_METHODS)
+INITS: tuple[str, ...] = get_args(Init)
+# Methods that start from the source-pretrained backbone when init == "auto" (XMixup, SMILE and AutoMix
+# fine-tune a pretrained model in their papers; source_finetune is plain fine-tuning of it).
+SOURCE_PRETRAINED_BY_DEFAULT: tuple[str, ...] = ("source_finetune", "xmixup", "smile", "automix")
+# Mixup concentration used when `mixup_alpha` is None: the paper default of each method.
+PAPER_MIXUP_ALPHA: dict[str, float] = {
+    "mixup": 1.0,  # AutoMix paper (004) A.1: Mixup alpha = 1 on CIFAR and the fine-grained sets
+    "cutmix": 1.0,  # AutoMix paper (004) A.1: CutMix alpha = 1 on the fine-grained (transfer) sets
+    "kmixup": 0.5,  # paper 003 sec. 3: Dirichlet alpha 0.5 (CIFAR), 0.1 (SVHN)
+    "ict": 0.5,  # paper 003 sec. 3
+    "xmixup": 1.0,  # paper 001 sec. 5.3: alpha in 2^0 .. 2^6 "generally safe"; beta fixed to 1
+    "smile": 0.2,  # paper 000 gives none; the official code's default (PaddlePaddle/Research CV/SMILE)
+    "automix": 2.0,  # paper 004 sec. 4.5: alpha = 2 for all experiments
+}
 DATASETS: tuple[str, ...] = get_args(Dataset)
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 
@@ -32,6 +64,43 @@ class TrainConfig:
     t0: float = 0.0
     tau: float = 0.05
     alpha: float = 0.0
+
+    # Compose a mixup-family method with the source loss under the sigmoid schedule above:
+    # loss = lambda(t) L_method + (1 - lambda(t)) CE(h^S(g(B^S))) with lambda(t) of eq. 4 (t0, tau, alpha).
+    # False: lambda = 1, no source loss. Ignored (must be False) for the schedule family itself.
+    schedule: bool = False
+
+    # --- mixup family (issue 3; trainers/methods/) -------------------------------------------------
+    # Beta/Dirichlet concentration of every mixup method: mixup/cutmix/smile/automix Beta(a, a),
+    # kmixup/ict Dirichlet(a * 1_K), xmixup Beta(a, 1). None: the method's paper default
+    # (PAPER_MIXUP_ALPHA).
+    mixup_alpha: float | None = None
+    k_points: int = 2  # K of K-point mixup (kmixup) and of ICT's unsupervised mix (paper 003); K >= 2
+    # Mean-teacher EMA momentum: ICT and SMILE teachers (theta_T <- d theta_T + (1 - d) theta_S); AutoMix's
+    # momentum encoder starts at this value and rises to 1 on a cosine (paper 004: 0.999).
+    ema_decay: float = 0.999
+    ict_w_max: float = 100.0  # ICT: maximum weight w_max of the consistency loss (paper 003: 100)
+    ict_rampup: float = 0.4  # ICT: w(t) rises linearly from 0 to w_max over this fraction of T (003: 0.4)
+    # ICT's unlabeled pool: None = the source images (labels unused); or a dataset name whose training
+    # images (all classes, labels unused; shared with the target: never its train/val/test samples) are used.
+    unlabeled: Dataset | None = None
+    smile_feature_weight: float = 0.01  # SMILE: weight of the feature (sample-to-feature) regularizer
+    smile_source_weight: float = 0.1  # SMILE: weight of the source-label-head regularizer
+    # AutoMix: backbone stage l whose momentum-encoder features feed the Mix Block (1-based; 3 stages for
+    # small_cnn/resnet20/wrn10_2, 4 for the torchvision resnets; paper 004: l = 3).
+    automix_stage: int = 3
+    automix_margin: float = 0.1  # AutoMix: epsilon of the mask loss (eq. 7)
+    automix_mask_weight: float = 0.1  # AutoMix: initial gamma of eq. 7, decreased linearly to 0 (paper)
+
+    # --- initialisation --------------------------------------------------------------------------
+    # auto: source_pretrained for source_finetune/xmixup/smile/automix, scratch otherwise;
+    # source_pretrained: backbone + source head pretrained on the source (cached in artifact_dir);
+    # checkpoint: init_checkpoint; imagenet: torchvision ImageNet weights on disk (resnet18/50).
+    init: Init = "auto"
+    init_checkpoint: str | None = None  # a pretrained-source checkpoint or a saved model.pt
+    pretrain_epochs: int = 5  # source pretraining recipe (part of the cache key)
+    pretrain_lr: float = 0.05
+    artifact_dir: str = "artifacts"  # where pretrained-source checkpoints are cached, one dir per key
 
     # --- data ------------------------------------------------------------------------------------
     source: Dataset = "digits"
@@ -83,10 +152,39 @@ class TrainConfig:
             "target": DATASETS,
             "backbone": BACKBONES,
             "bn": ("shared", "per_domain"),
+            "init": INITS,
         }
         for name, allowed in choices.items():
             need(getattr(self, name) in allowed, f"{name} must be one of {', '.join(allowed)}")
+        if self.unlabeled is not None:
+            need(
+                self.unlabeled in DATASETS and self.unlabeled != "imagefolder",
+                "unlabeled must be None or a dataset name other than imagefolder",
+            )
         need(self.tau > 0, "tau must be > 0")
+        need(
+            not (self.schedule and self.method in SCHEDULE_METHODS),
+            "schedule=True composes a mixup-family method with the schedule; the schedule family "
+            f"({', '.join(SCHEDULE_METHODS)}) is the schedule already",
+        )
+        need(self.mixup_alpha is None or self.mixup_alpha > 0, "mixup_alpha must be > 0 (or None)")
+        need(self.k_points >= 2, "k_points must be >= 2")
+        need(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
+        need(self.ict_w_max >= 0, "ict_w_max must be >= 0")
+        need(0 <= self.ict_rampup <= 1, "ict_rampup must be in [0, 1]")
+        need(self.smile_feature_weight >= 0, "smile_feature_weight must be >= 0")
+        need(self.smile_source_weight >= 0, "smile_source_weight must be >= 0")
+        need(1 <= self.automix_stage <= 4, "automix_stage must be in 1..4")
+        need(0 <= self.automix_margin < 1, "automix_margin must be in [0, 1)")
+        need(self.automix_mask_weight >= 0, "automix_mask_weight must be >= 0")
+        need(self.init != "checkpoint" or bool(self.init_checkpoint), "init=checkpoint needs init_checkpoint")
+        need(
+            self.init != "imagenet" or self.backbone in ("resnet18", "resnet50"),
+            "init=imagenet needs backbone resnet18 or resnet50",
+        )
+        need(self.pretrain_epochs >= 1, "pretrain_epochs must be >= 1")
+        need(self.pretrain_lr > 0, "pretrain_lr must be > 0")
+        need(bool(self.artifact_dir), "artifact_dir must not be empty")
         need(self.epochs >= 1, "epochs must be >= 1")
         need(self.batch_size >= 1, "batch_size must be >= 1")
         need(self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch must be >= 1")
@@ -115,6 +213,21 @@ class TrainConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
+    @property
+    def resolved_init(self) -> str:
+        """The init actually used: `init`, with "auto" resolved by method (and `pretrained`)."""
+        if self.init != "auto":
+            return self.init
+        if self.pretrained:
+            return "imagenet"
+        return "source_pretrained" if self.method in SOURCE_PRETRAINED_BY_DEFAULT else "scratch"
+
+    @property
+    def resolved_mixup_alpha(self) -> float:
+        if self.mixup_alpha is not None:
+            return float(self.mixup_alpha)
+        return PAPER_MIXUP_ALPHA.get(self.method, 1.0)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -130,12 +243,36 @@ def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-# The parameters each method's schedule reads; the others are ignored by that method.
+# The parameters each method's schedule reads; the others are ignored by that method. A mixup-family
+# method reads no schedule parameter unless `schedule=True`, when it reads SCHEDULE_PARAMS.
+SCHEDULE_PARAMS: tuple[str, ...] = ("t0", "tau", "alpha")
 METHOD_PARAMS: dict[str, tuple[str, ...]] = {
     "target": (),
     "finetune": ("t0",),
     "multitask": ("alpha",),
-    "smooth": ("t0", "tau", "alpha"),
+    "smooth": SCHEDULE_PARAMS,
+    **{m: () for m in MIXUP_METHODS},
 }
 
-__all__ = ["TrainConfig", "METHODS", "METHOD_PARAMS", "DATASETS", "BACKBONES", "config_fields"]
+
+def schedule_params(method: str, schedule: bool = False) -> tuple[str, ...]:
+    """The schedule parameters a run of `method` reads (with `schedule` on for a mixup method)."""
+    if method in SCHEDULE_METHODS:
+        return METHOD_PARAMS[method]
+    return SCHEDULE_PARAMS if schedule else ()
+
+
+__all__ = [
+    "TrainConfig",
+    "METHODS",
+    "SCHEDULE_METHODS",
+    "MIXUP_METHODS",
+    "INITS",
+    "METHOD_PARAMS",
+    "SCHEDULE_PARAMS",
+    "PAPER_MIXUP_ALPHA",
+    "DATASETS",
+    "BACKBONES",
+    "config_fields",
+    "schedule_params",
+]

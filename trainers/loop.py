@@ -34,9 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from . import schedule
-from .config import TrainConfig
+from .config import SCHEDULE_METHODS, TrainConfig
 from .data import TransferData, load_transfer_data
+from .diagnostics import linearity_diagnostics
+from .methods import Method, StepContext, build_method
 from .models import TransferNet, build_model
+from .pretrain import initial_model
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +79,12 @@ class TrainResult:
     image_size: int = 0
     device: str = "cpu"
     wall_time_s: float = 0.0
+    # How the network was initialised: {"init": ..., "pretrain_cache": {...}} (see pretrain.py).
+    init_info: dict[str, Any] = field(default_factory=dict)
+    # Method facts, e.g. {"xmixup_pairing": {"target_to_source": {...}, "similarity": {...}}}.
+    method_info: dict[str, Any] = field(default_factory=dict)
+    # Interpolation losses of paper 000 eq. 1 at the end of training (diagnostics.py).
+    linearity: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         """Everything but the model, as plain JSON types."""
@@ -96,6 +105,11 @@ class TrainResult:
             "device": self.device,
             "wall_time_s": self.wall_time_s,
             "history": [dict(h) for h in self.history],
+            "init": dict(self.init_info),
+            "pretrain_cache": self.init_info.get("pretrain_cache"),
+            "xmixup_pairing": self.method_info.get("xmixup_pairing"),
+            "method_info": dict(self.method_info),
+            "linearity": dict(self.linearity),
         }
 
     def save(self, out_dir: str | Path) -> tuple[Path, Path]:
@@ -149,11 +163,19 @@ def uses_source(method: str) -> bool:
     return method != "target"
 
 
-def steps_per_epoch(config: TrainConfig, n_source: int, n_target_train: int) -> int:
-    """An epoch is one pass over the larger of the datasets the method draws from."""
+def steps_per_epoch(config: TrainConfig, n_source: int, n_target_train: int, n_unlabeled: int = 0) -> int:
+    """An epoch is one pass over the larger of the datasets the method draws batches from.
+
+    Schedule family: target and (unless ``target``) source. Mixup family: the target, plus the source
+    when the schedule is composed, plus ICT's unlabeled pool (XMixup's per-sample auxiliary draws and
+    SMILE's source head do not count: they draw no source batches).
+    """
     if config.steps_per_epoch is not None:
         return int(config.steps_per_epoch)
-    n = max(n_source, n_target_train) if uses_source(config.method) else n_target_train
+    if config.method in SCHEDULE_METHODS:
+        n = max(n_source, n_target_train) if uses_source(config.method) else n_target_train
+    else:
+        n = max(n_target_train, n_source if config.schedule else 0, n_unlabeled)
     return max(1, math.ceil(n / config.batch_size))
 
 
@@ -230,7 +252,8 @@ def _finite(value: float) -> float | None:
 
 def _seeds(seed: int) -> dict[str, int]:
     """Independent seeds per purpose, so e.g. turning augmentation on does not change the batches."""
-    names = ("init", "target_sampler", "source_sampler", "augment")
+    # New names go at the end: SeedSequence children keep their seeds when more are spawned.
+    names = ("init", "target_sampler", "source_sampler", "augment", "method", "unlabeled")
     children = np.random.SeedSequence([seed, 0x7EA1]).spawn(len(names))
     return {
         name: int(child.generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -270,42 +293,61 @@ def train(
             torch.set_num_threads(previous_threads)
 
 
+def _uses_source(config: TrainConfig, method: Method) -> bool:
+    """Whether the run loads the source set (for batches, pairing, pretraining or the source head)."""
+    if config.method in SCHEDULE_METHODS:
+        return uses_source(config.method)
+    return (
+        config.schedule
+        or method.uses_source_data
+        or method.needs_source_head
+        or config.resolved_init == "source_pretrained"
+        or (config.method == "ict" and config.unlabeled is None)
+    )
+
+
 def _train(
     config: TrainConfig, report: Callable[[dict[str, Any]], None] | None, device: torch.device
 ) -> TrainResult:
     started = time.monotonic()
     seeds = _seeds(config.seed)
-    with_source = uses_source(config.method)
+    legacy = config.method in SCHEDULE_METHODS
+    method = build_method(config)
+    with_source = _uses_source(config, method)
+    # Source sub-batches each step: the schedule family's source branch, or a composed schedule.
+    source_batches = uses_source(config.method) if legacy else config.schedule
 
     data: TransferData = load_transfer_data(config, load_source=with_source)
     if with_source and len(data.source_y) == 0:
         raise ValueError(f"method {config.method!r} needs source samples but the source set is empty")
     data = data.to(device)
     n_src, n_tgt = len(data.source_y), len(data.target_train_y)
+    unlabeled_x = _unlabeled_pool(config, data, device) if config.method == "ict" else None
+    n_unl = len(unlabeled_x) if unlabeled_x is not None else 0
 
     # Model init and dropout draw from the global generator (torch offers no other way for them).
     torch.manual_seed(seeds["init"])
-    model = build_model(
-        config, data.in_channels, data.n_source_classes if with_source else 0, data.n_target_classes
-    ).to(device)
+    has_source_head = source_batches or method.needs_source_head or config.resolved_init == "source_pretrained"
+    n_source_head = data.n_source_classes if (with_source and has_source_head) else 0
+    model, init_info = initial_model(config, data, n_source_head, device)
     model.train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    method_rng = np.random.default_rng(seeds["method"])
+    method_gen = torch.Generator().manual_seed(seeds["method"])
 
-    spe = steps_per_epoch(config, n_src, n_tgt)
+    spe = steps_per_epoch(config, n_src, n_tgt, n_unlabeled=n_unl)
     total = config.epochs * spe
     target_sampler = _Sampler(n_tgt, config.batch_size, seeds["target_sampler"])
-    source_sampler = _Sampler(n_src, config.batch_size, seeds["source_sampler"]) if with_source else None
+    source_sampler = _Sampler(n_src, config.batch_size, seeds["source_sampler"]) if source_batches else None
+    unl_sampler = _Sampler(n_unl, config.batch_size, seeds["unlabeled"]) if unlabeled_x is not None else None
     aug_gen = torch.Generator().manual_seed(seeds["augment"])
-    joint = config.bn == "shared"
     logger.info(
-        "train %s: %s -> %s, backbone %s (bn %s) on %s; %d epochs x %d steps = T %d; %s",
+        "train %s: %s -> %s, backbone %s (bn %s, init %s) on %s; %d epochs x %d steps = T %d; %s",
         config.method,
         config.source if with_source else "-",
         config.target,
         config.backbone,
         config.bn,
+        init_info["init"],
         device,
         config.epochs,
         spe,
@@ -322,6 +364,30 @@ def _train(
             xb = augment_batch(xb, hflip, aug_gen)
         return xb, yb
 
+    def unlabeled_batch() -> torch.Tensor:
+        assert unl_sampler is not None and unlabeled_x is not None
+        xb = unlabeled_x[unl_sampler.next().to(device)]
+        return augment_batch(xb, False, aug_gen) if config.augment else xb
+
+    ctx = StepContext(
+        config=config,
+        model=model,
+        data=data,
+        device=device,
+        rng=method_rng,
+        gen=method_gen,
+        target=lambda: batch(target_sampler, data.target_train_x, data.target_train_y, data.target_hflip),
+        source=(lambda: batch(source_sampler, data.source_x, data.source_y, data.source_hflip))
+        if source_sampler is not None
+        else None,
+        unlabeled=unlabeled_batch if unl_sampler is not None else None,
+    )
+    method.setup(ctx)
+    params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if method.parameters():
+        params.append({"params": method.parameters()})
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
     since_best, step, diverged, stopped_early = 0, 0, False, False
@@ -329,34 +395,25 @@ def _train(
         # Losses are summed as tensors and read once per epoch: no device sync every step.
         zero = torch.zeros((), device=device)
         sum_t, sum_s, n_t, n_s = zero, zero, 0, 0
+        extra_sums: dict[str, Any] = {}
+        extra_counts: dict[str, int] = {}
         lam = lr = 0.0
         for _ in range(spe):
             step += 1
-            lam = schedule.loss_weight(
-                config.method, step, total, t0=config.t0, tau=config.tau, alpha=config.alpha
-            )
+            if legacy:
+                lam = schedule.loss_weight(
+                    config.method, step, total, t0=config.t0, tau=config.tau, alpha=config.alpha
+                )
+            elif config.schedule:  # a mixup-family method composed with the sigmoid schedule of eq. 4
+                lam = schedule.loss_weight("smooth", step, total, t0=config.t0, tau=config.tau, alpha=config.alpha)
+            else:
+                lam = 1.0
             lr = schedule.learning_rate(
                 step, total, peak=config.lr, final=config.final_lr, warmup=config.warmup
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            run_t = lam > 0.0
-            run_s = with_source and lam < 1.0
-            loss_t = loss_s = None
-            if run_t and run_s and joint:
-                xt, yt = batch(target_sampler, data.target_train_x, data.target_train_y, data.target_hflip)
-                xs, ys = batch(source_sampler, data.source_x, data.source_y, data.source_hflip)
-                logits_t, logits_s = model.forward_joint(xt, xs)
-                loss_t, loss_s = F.cross_entropy(logits_t, yt), F.cross_entropy(logits_s, ys)
-            else:
-                if run_t:
-                    xt, yt = batch(
-                        target_sampler, data.target_train_x, data.target_train_y, data.target_hflip
-                    )
-                    loss_t = F.cross_entropy(model(xt, "target"), yt)
-                if run_s:
-                    xs, ys = batch(source_sampler, data.source_x, data.source_y, data.source_hflip)
-                    loss_s = F.cross_entropy(model(xs, "source"), ys)
+            loss_t, loss_s, step_metrics = method.step_losses(ctx, lam, step, total)
             if loss_t is not None and loss_s is not None:
                 loss = lam * loss_t + (1.0 - lam) * loss_s
             else:
@@ -364,19 +421,24 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            method.after_step(ctx, step, total)
             if loss_t is not None:
                 sum_t, n_t = sum_t + loss_t.detach(), n_t + 1
             if loss_s is not None:
                 sum_s, n_s = sum_s + loss_s.detach(), n_s + 1
+            for k, v in step_metrics.items():
+                extra_sums[k] = extra_sums.get(k, 0.0) + v
+                extra_counts[k] = extra_counts.get(k, 0) + 1
 
         mean_t = float(sum_t) / n_t if n_t else None
         mean_s = float(sum_s) / n_s if n_s else None
         if any(v is not None and not math.isfinite(v) for v in (mean_t, mean_s)):
             diverged = True
-        val_acc, val_loss = evaluate(model, data.val_x, data.val_y)
+        eval_net = method.eval_model(model)
+        val_acc, val_loss = evaluate(eval_net, data.val_x, data.val_y)
         if val_acc > best_acc:  # strict: on ties the earlier epoch is kept
             best_acc, best_epoch, since_best = val_acc, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in eval_net.state_dict().items()}
         else:
             since_best += 1
         metrics = {
@@ -392,6 +454,8 @@ def _train(
             "best_val_acc": best_acc,
             "total_steps": total,
         }
+        for k in method.report_keys:  # method-specific keys (METHOD_REPORT_KEYS), epoch means
+            metrics[k] = _finite(float(extra_sums[k]) / extra_counts[k]) if extra_counts.get(k) else None
         history.append(metrics)
         logger.debug("epoch %d/%d %s", epoch, config.epochs, metrics)
         if report is not None:
@@ -413,6 +477,7 @@ def _train(
     model.load_state_dict(best_state)
     model.eval()
     test_acc, test_loss = evaluate(model, data.test_x, data.test_y)
+    linearity = linearity_diagnostics(model, data, seed=config.seed)
     wall = time.monotonic() - started
     logger.info(
         "done: best val acc %.4f at epoch %d, test acc %.4f (%d steps, %.1fs)",
@@ -440,7 +505,27 @@ def _train(
         image_size=data.image_size,
         device=str(device),
         wall_time_s=wall,
+        init_info=init_info,
+        method_info=method.result_info(),
+        linearity=linearity,
     )
+
+
+def _unlabeled_pool(config: TrainConfig, data: TransferData, device: torch.device) -> torch.Tensor:
+    """ICT's unlabeled images: the source images (default) or the training images of `unlabeled`.
+
+    A named pool is loaded as the source side of a run with source = `unlabeled` and all its classes, so
+    when it is the target dataset the target's train/val/test samples are never part of it.
+    """
+    if config.unlabeled is None:
+        return data.source_x
+    pool_config = dataclasses.replace(
+        config, method="target", schedule=False, source=config.unlabeled, source_path=None, source_classes=None
+    )
+    pool = load_transfer_data(pool_config, load_source=True)
+    if len(pool.source_x) == 0:
+        raise ValueError(f"the unlabeled pool {config.unlabeled!r} is empty")
+    return pool.source_x.to(device)
 
 
 __all__ = [

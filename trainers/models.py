@@ -64,10 +64,16 @@ class SmallCNN(nn.Module):
             nn.Dropout(dropout),
         )
         self.out_features = 4 * w
+        self.n_stages = 3
         _init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def stage_features(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Feature map (N, C_l, H_l, W_l) after conv-BN-ReLU layer `stage` (1..3)."""
+        _check_stage(self, stage)
+        return self.features[: 3 * stage](x)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,7 +121,15 @@ class ResNetCifar(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.drop = nn.Dropout(dropout)  # the paper uses none for ResNet-20; kept for a uniform config
         self.out_features = 64
+        self.n_stages = 3
+        self.blocks_per_stage = n
         _init_conv_bn(self)
+
+    def stage_features(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Feature map after residual stage `stage` (1..3: 16, 32, 64 channels at strides 1, 2, 4)."""
+        _check_stage(self, stage)
+        out = F.relu(self.bn1(self.conv1(x)))
+        return self.layers[: stage * self.blocks_per_stage](out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
@@ -167,7 +181,14 @@ class WideResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(in_planes)
         self.out_features = in_planes
+        self.n_stages = 3
+        self.blocks_per_stage = n
         _init_conv_bn(self)
+
+    def stage_features(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Output of block group `stage` (1..3; pre-activation, as the next block receives it)."""
+        _check_stage(self, stage)
+        return self.blocks[: stage * self.blocks_per_stage](self.conv1(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.blocks(self.conv1(x))))
@@ -184,9 +205,19 @@ class _TorchvisionBackbone(nn.Module):
         self.net = net
         self.drop = nn.Dropout(dropout)
         self.out_features = out_features
+        self.n_stages = 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.net(x))
+
+    def stage_features(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """Output of `layer{stage}` (1..4) of the torchvision ResNet."""
+        _check_stage(self, stage)
+        net = self.net
+        out = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        for i in range(1, stage + 1):
+            out = getattr(net, f"layer{i}")(out)
+        return out
 
 
 def pretrained_weights_path(name: str) -> Path:
@@ -250,6 +281,12 @@ def build_backbone(
     if name == "wrn10_2":
         return WideResNet(in_channels, depth=10, widen=2, dropout=dropout)
     return _torchvision_resnet(name, in_channels, pretrained, dropout)
+
+
+def _check_stage(backbone: nn.Module, stage: int) -> None:
+    n = int(getattr(backbone, "n_stages", 0))
+    if not 1 <= stage <= n:
+        raise ValueError(f"{type(backbone).__name__} has feature stages 1..{n}, not {stage}")
 
 
 def _init_conv_bn(module: nn.Module) -> None:
@@ -325,6 +362,16 @@ class TransferNet(nn.Module):
         if self._domain_bns:
             self.set_domain(domain)
         return self.backbone(x)
+
+    def stage_features(self, x: torch.Tensor, stage: int, domain: str = "target") -> torch.Tensor:
+        """The backbone's feature map at `stage` (1-based; `n_stages` of them), e.g. for AutoMix."""
+        if self._domain_bns:
+            self.set_domain(domain)
+        return self.backbone.stage_features(x, stage)
+
+    @property
+    def n_stages(self) -> int:
+        return int(getattr(self.backbone, "n_stages", 0))
 
     def head(self, domain: str) -> nn.Linear:
         if _domain_index(domain) == 0:

@@ -86,8 +86,8 @@ def test_valid_study_without_a_reachable_ray_is_503_and_not_stored(app, client):
     assert _stored(app) == 0
 
 
-def test_openapi_documents_every_response_code():
-    spec = create_app(Settings(data_dir="/tmp/transched-openapi-test")).openapi()
+def test_openapi_documents_every_response_code(app):
+    spec = app.openapi()
     paths = spec["paths"]
     assert set(paths["/studies"]["post"]["responses"]) >= {"202", "422", "503"}
     assert set(paths["/studies/{study_id}"]["get"]["responses"]) >= {"200", "404", "422"}

@@ -1,4 +1,4 @@
-from service.driver import resource_problem
+from service.ray_cluster import resource_problem
 from service.schemas import StudySpec
 
 
@@ -14,3 +14,10 @@ def test_fractional_gpus_fit_a_gpu_cluster_and_cpu_studies_fit_a_cpu_cluster():
 
 def test_more_cpus_per_trial_than_the_cluster_has_is_refused():
     assert "cpus_per_trial=4" in resource_problem(StudySpec(cpus_per_trial=4), {"CPU": 2.0})
+
+
+def test_custom_resources_must_exist_on_the_cluster():
+    spec = StudySpec(resources_per_trial={"trial_slot": 1})
+    assert "trial_slot" in resource_problem(spec, {"CPU": 2.0})
+    assert resource_problem(spec, {"CPU": 2.0, "trial_slot": 2.0}) is None
+    assert resource_problem(spec, {"CPU": 2.0}, custom=False) is None

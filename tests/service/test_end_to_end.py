@@ -1,5 +1,6 @@
-"""The whole product path, for real: uvicorn on a free loopback port, a real local Ray head, a SQLite
-file. A digits study of 6 trials, 2 at a time, is submitted over HTTP and polled to completion."""
+"""The whole product path, for real: uvicorn on a free loopback port, a real local Ray head, and a
+real database — a SQLite file and a fresh PostgreSQL database in turn. A digits study of 6 trials,
+2 at a time, is submitted over HTTP and polled to completion."""
 
 import json
 import os
@@ -16,7 +17,7 @@ from service.cli import TERMINAL
 from service.db import make_optuna_storage
 from service.ray_cluster import stop_local_head
 from service.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import BACKENDS, free_port, fresh_database
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +32,26 @@ STUDY = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("transched")
+    with fresh_database(request.param, data_dir) as url:
+        yield from _serve(data_dir, url)
+
+
+def _serve(data_dir, database_url, extra_env=None):
+    """Run `transched serve` on a free port until the generator is closed."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TRANSCHED_DATABASE_URL")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TRANSCHED_"))}
     env.update(
+        TRANSCHED_DATABASE_URL=database_url,
         TRANSCHED_DATA_DIR=str(data_dir),
         TRANSCHED_PORT=str(port),
         TRANSCHED_RAY_HEAD_PORT=str(free_port()),
         TRANSCHED_RAY_DASHBOARD_PORT=str(free_port()),
         TRANSCHED_RAY_NUM_CPUS="2",
     )
+    env.update(extra_env or {})
     log = open(data_dir / "server.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -59,7 +68,7 @@ def server(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.5)
-        yield {"api": api, "data_dir": data_dir, "env": env}
+        yield {"api": api, "data_dir": data_dir, "env": env, "database_url": database_url}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -93,6 +102,7 @@ def test_study_completes_with_every_trial_stored(server, finished):
     for t in trials["items"]:
         assert t["state"] == "COMPLETE"
         assert t["params"]["method"] in ("smooth", "finetune")
+        assert t["node_id"] and t["device"] == "cpu" and t["restarts"] == 0
         expected = {"method", "t0", "tau", "alpha"} if t["params"]["method"] == "smooth" else {"method", "t0"}
         assert set(t["params"]) == expected
         assert [e["epoch"] for e in t["epochs"]] == [1, 2, 3, 4]
@@ -107,7 +117,7 @@ def test_study_completes_with_every_trial_stored(server, finished):
 
 def test_two_trials_ran_together(server, finished):
     """From the trainables' own wall-clock start/end, stored per trial: some two intervals overlap."""
-    storage = make_optuna_storage(Settings(data_dir=server["data_dir"]).resolved_database_url)
+    storage = make_optuna_storage(server["database_url"])
     trials = optuna.load_study(study_name=finished["created"]["optuna_study_name"], storage=storage).trials
     spans = [(t.user_attrs["started_at"], t.user_attrs["finished_at"]) for t in trials]
     overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if a[0] < b[1] and b[0] < a[1]]
@@ -118,7 +128,7 @@ def test_two_trials_ran_together(server, finished):
 def test_best_equals_optuna_best_trial_and_training_it_reproduces_the_val_acc(server, finished, tmp_path):
     api, study_id = server["api"], finished["study"]["id"]
     best = httpx.get(f"{api}/studies/{study_id}/best", timeout=30).json()
-    storage = make_optuna_storage(Settings(data_dir=server["data_dir"]).resolved_database_url)
+    storage = make_optuna_storage(server["database_url"])
     ot_best = optuna.load_study(
         study_name=finished["created"]["optuna_study_name"], storage=storage
     ).best_trial

@@ -1,4 +1,5 @@
-"""The study store on a real SQLite file: WAL mode, status transitions, reaping orphaned trials."""
+"""The study store on a real SQLite file and a real PostgreSQL database: migrations, status
+transitions, pagination, reaping orphaned trials."""
 
 import optuna
 import pytest
@@ -9,19 +10,26 @@ from service.db import StudyStatus, create_schema, make_engine, make_optuna_stor
 
 
 @pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'store.db'}"
+def url(database_url):
+    return database_url
 
 
 @pytest.fixture
-def sessions(url):
+def engine(url):
     engine = make_engine(url, busy_timeout_ms=1234)
     create_schema(engine)
-    yield make_sessionmaker(engine)
+    yield engine
     engine.dispose()
 
 
-def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(sessions):
+@pytest.fixture
+def sessions(engine):
+    return make_sessionmaker(engine)
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}", busy_timeout_ms=1234)
+    sessions = make_sessionmaker(engine)
     with sessions() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert s.execute(text("PRAGMA busy_timeout")).scalar() == 1234
@@ -65,3 +73,110 @@ def test_running_trials_of_a_dead_driver_are_reaped_and_finished_ones_kept(url, 
         optuna.trial.TrialState.FAIL,
     ]
     assert repo.reap_running_trials(storage, name="no-such-study") == 0
+
+
+def test_schema_is_at_the_newest_migration_and_matches_the_models(engine):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from service.db import Base
+    from service.migrate import VERSION_TABLE, current, head
+
+    assert current(engine) == head()
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "version_table": VERSION_TABLE,
+                "include_name": lambda name, type_, parent: type_ != "table" or name.startswith("transched_"),
+            },
+        )
+        assert compare_metadata(ctx, Base.metadata) == []
+
+
+def test_upgrading_twice_is_a_no_op_and_leaves_optunas_tables_alone(url, engine):
+    from sqlalchemy import inspect
+
+    make_optuna_storage(url)  # Optuna creates its tables (and its own alembic_version)
+    create_schema(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {
+        "transched_studies",
+        "transched_alembic_version",
+        "studies",
+        "trials",
+        "alembic_version",
+    } <= tables
+
+
+def test_a_database_made_at_the_first_migration_upgrades_with_its_finished_study_intact(url, tmp_path):
+    from datetime import datetime, timezone
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import JSON, DateTime, String, column, insert, table
+
+    from service.api import create_app
+    from service.migrate import current, head, upgrade
+    from service.schemas import StudySpec
+    from service.settings import Settings
+
+    engine = make_engine(url)
+    upgrade(engine, "0001")
+    assert current(engine) == "0001"
+    spec = StudySpec(n_trials=1, methods=["multitask"]).model_dump(mode="json")
+    studies = table(
+        "transched_studies",
+        *(column(c, String) for c in ("id", "name", "status", "optuna_study_name", "ray_job_id")),
+        column("spec", JSON),
+        *(column(c, DateTime(timezone=True)) for c in ("created_at", "started_at", "finished_at")),
+    )
+    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(studies).values(
+                id="old1", name="old study", status="completed", optuna_study_name="transched-old1",
+                ray_job_id="transched-old1", spec=spec, created_at=now, started_at=now, finished_at=now,
+            )
+        )  # fmt: skip
+    storage = make_optuna_storage(url)
+    ot = optuna.create_study(study_name="transched-old1", storage=storage, direction="maximize")
+    trial = ot.ask()
+    trial.suggest_float("alpha", -6, 6)
+    trial.set_user_attr("sampled", {"method": "multitask", "alpha": trial.params["alpha"]})
+    trial.set_user_attr("total_steps", 100)
+    ot.tell(trial, 0.75)
+    engine.dispose()
+
+    app = create_app(Settings(database_url=url, data_dir=tmp_path))  # migrates to head
+    engine = make_engine(url)
+    assert current(engine) == head()
+    with make_sessionmaker(engine)() as s:
+        old = repo.get_study(s, study_id="old1")
+        assert (old.name, old.status, old.spec, old.heartbeat_at) == ("old study", "completed", spec, None)
+    engine.dispose()
+    client = TestClient(app)
+    study = client.get("/studies/old1").json()
+    assert study["status"] == "completed" and study["trial_counts"] == {"COMPLETE": 1}
+    best = client.get("/studies/old1/best").json()
+    assert best["val_acc"] == 0.75 and best["method"] == "multitask"
+    assert best["config"]["alpha"] == trial.params["alpha"]
+
+
+def test_a_database_made_before_migrations_existed_is_adopted_not_recreated(tmp_path):
+    from service.migrate import VERSION_TABLE, current, head, upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0001")  # the schema the pre-Alembic create_all made, without a migration history:
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
+        conn.execute(
+            text(
+                "INSERT INTO transched_studies (id, name, spec, status, optuna_study_name, created_at)"
+                " VALUES ('k1', 'kept', '{}', 'completed', 'transched-k1', '2026-11-01 00:00:00')"
+            )
+        )
+    assert current(engine) is None
+    create_schema(engine)
+    assert current(engine) == head()
+    with make_sessionmaker(engine)() as s:
+        assert repo.get_study(s, study_id="k1").name == "kept"

@@ -179,7 +179,7 @@ def test_config_errors_come_before_any_work():
     with pytest.raises(ValueError, match="unknown trainer config field"):
         train({"method": "smooth", "learning_rate": 0.1})
     with pytest.raises(ValueError, match="method"):
-        train({"method": "mixup"})
+        train({"method": "no_such_method"})
 
 
 def test_augment_translates_with_zero_padding_and_flips_only_when_allowed():

@@ -1,0 +1,1 @@
+"""Alembic migrations of transched's own tables (Optuna creates and migrates its own)."""

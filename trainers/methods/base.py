@@ -1,0 +1,177 @@
+"""What every method shares: the `Method` interface, the per-step context, mixing draws and EMA.
+
+A method turns the batches of one step into its loss. The loop (trainers/loop.py) calls, per step t,
+
+    loss_t, loss_s, metrics = method.step_losses(ctx, lam, t, T)
+
+whose default computes ``loss_t, metrics = method.loss(ctx, t, T)`` when lambda(t) > 0 and the source
+cross-entropy on a source sub-batch when the schedule is composed (lambda(t) < 1), then, after the
+optimiser step, ``method.after_step(ctx, t, T)`` (EMA teachers). Evaluation uses
+``method.eval_model(model)`` (AutoMix: the momentum encoder).
+
+Random draws: lambdas come from ``ctx.rng`` (a seeded numpy Generator), permutations and sample
+indices from ``ctx.gen`` (a seeded CPU torch Generator), so a run is reproducible and independent of
+the global RNG. Beta(a, b) is drawn as the first coordinate of a Dirichlet(a, b) draw (two Gammas), so
+K = 2 Dirichlet weights and Beta mixup consume the same draws and give identical results.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TrainConfig
+from ..models import TransferNet
+
+
+@dataclass
+class StepContext:
+    """What a method may use in a step. `target()`/`source()`/`unlabeled()` draw the next sub-batch."""
+
+    config: TrainConfig
+    model: TransferNet
+    data: Any  # TransferData on the device
+    device: torch.device
+    rng: np.random.Generator  # lambda / Dirichlet draws
+    gen: torch.Generator  # permutations and indices (CPU)
+    target: Any  # () -> (x, y)
+    source: Any  # () -> (x, y) or None when no source is loaded
+    unlabeled: Any = None  # () -> x, set for ICT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base: the target cross-entropy (plain fine-tuning); subclasses override `loss` and friends."""
+
+    name = "base"
+    # The method draws source sub-batches/samples itself (not only through the schedule's source loss).
+    uses_source_data = False
+    # The model needs a source head (h^S) even without the schedule.
+    needs_source_head = False
+    # Extra per-epoch report keys this method adds (means over the epoch's steps).
+    report_keys: tuple[str, ...] = ()
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    # ---------------------------------------------------------------------------------------------
+    def setup(self, ctx: StepContext) -> None:
+        """Called once, after the model is built and initialised, before the first step."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Parameters the method owns and the optimiser must train (AutoMix's Mix Block)."""
+        return []
+
+    def loss(self, ctx: StepContext, step: int, total: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, y = ctx.target()
+        return F.cross_entropy(ctx.model(x, "target"), y), {}
+
+    def step_losses(
+        self, ctx: StepContext, lam: float, step: int, total: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, Any]]:
+        loss_t = loss_s = None
+        metrics: dict[str, Any] = {}
+        if lam > 0.0:
+            loss_t, metrics = self.loss(ctx, step, total)
+        if lam < 1.0 and ctx.source is not None:
+            xs, ys = ctx.source()
+            loss_s = F.cross_entropy(ctx.model(xs, "source"), ys)
+        return loss_t, loss_s, metrics
+
+    def after_step(self, ctx: StepContext, step: int, total: int) -> None:
+        """After the optimiser step (EMA updates)."""
+
+    def eval_model(self, model: TransferNet) -> TransferNet:
+        """The network evaluated and kept (AutoMix: the momentum encoder)."""
+        return model
+
+    def result_info(self) -> dict[str, Any]:
+        """JSON-able facts for the TrainResult (XMixup: the class pairing)."""
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------------
+# draws
+
+
+def sample_dirichlet(rng: np.random.Generator, concentration: list[float] | np.ndarray) -> np.ndarray:
+    """w ~ Dirichlet(concentration) as normalised Gamma draws (one Gamma per coordinate, in order)."""
+    g = rng.standard_gamma(np.asarray(concentration, dtype=np.float64))
+    s = g.sum()
+    if not s > 0:  # every Gamma underflowed (tiny concentrations): all weight on the largest log-draw
+        w = np.zeros_like(g)
+        w[0] = 1.0
+        return w
+    w = g / s
+    w[-1] = 1.0 - w[:-1].sum()  # K = 2: (lambda, 1 - lambda) exactly, as Beta mixup writes it
+    return w
+
+
+def sample_beta(rng: np.random.Generator, a: float, b: float) -> float:
+    """lambda ~ Beta(a, b) = first coordinate of Dirichlet(a, b): the same draws as K = 2 Dirichlet."""
+    return float(sample_dirichlet(rng, [a, b])[0])
+
+
+def permutations(n: int, k: int, gen: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """K index tensors: the identity, then K - 1 seeded random permutations of range(n)."""
+    perms = [torch.arange(n)]
+    perms += [torch.randperm(n, generator=gen) for _ in range(k - 1)]
+    return [p.to(device) for p in perms]
+
+
+def mix(x: torch.Tensor, weights: list[float] | np.ndarray, perms: list[torch.Tensor]) -> torch.Tensor:
+    """Mix_w(x_{pi_1}, ..., x_{pi_K}) = sum_k w_k x[pi_k] (paper 003 eq. 1), any trailing shape."""
+    out = float(weights[0]) * x[perms[0]]
+    for w, p in zip(weights[1:], perms[1:], strict=True):
+        out = out + float(w) * x[p]
+    return out
+
+
+def mixed_targets(
+    y: torch.Tensor, n_classes: int, weights: list[float] | np.ndarray, perms: list[torch.Tensor]
+) -> torch.Tensor:
+    """Soft labels (N, n_classes): sum_k w_k onehot(y[pi_k]) - a convex combination, rows sum to 1."""
+    return mix(F.one_hot(y, n_classes).float(), weights, perms)
+
+
+def mixed_cross_entropy(
+    logits: torch.Tensor, y: torch.Tensor, weights: list[float] | np.ndarray, perms: list[torch.Tensor]
+) -> torch.Tensor:
+    """sum_k w_k CE(logits, y[pi_k]) = CE against the mixed soft labels (mixup's hard-label form)."""
+    loss = float(weights[0]) * F.cross_entropy(logits, y[perms[0]])
+    for w, p in zip(weights[1:], perms[1:], strict=True):
+        loss = loss + float(w) * F.cross_entropy(logits, y[p])
+    return loss
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean over the batch of sum_c -target_c log softmax(logits)_c."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# mean teacher / momentum encoder
+
+
+def make_teacher(model: nn.Module) -> nn.Module:
+    """A frozen copy: no parameter of it ever receives a gradient (requires_grad False), eval mode."""
+    teacher = copy.deepcopy(model)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """theta_T <- decay * theta_T + (1 - decay) * theta_S for every parameter; buffers (BN running
+    statistics) are copied from the student, so the teacher evaluates with current statistics."""
+    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+        t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+        t.copy_(s)

@@ -1,0 +1,134 @@
+"""XMixup: cross-domain mixup with auxiliary samples (paper 001, sec. 3).
+
+1. Auxiliary sample selection. With the source-pretrained backbone Phi (the run's initial g), the class
+   centroids centroid(c) = mean_{x in c} Phi(x) (eq. 1) of every target class (target training set)
+   and every source class (source set) are compared by cosine similarity. Eq. 2 asks for a one-to-one
+   map P: T -> S; the paper solves it "using a simple Greedy search": we take the globally most similar
+   remaining (target, source) pair, assign it, remove both classes, and repeat until every target class
+   is paired (needs n_source >= n_target classes; an error otherwise).
+2. Cross-domain mixup. For each target sample (x_t, y_t) of the batch, a source sample x_s is drawn
+   uniformly from the paired class P(y_t) (eq. 3), and (eq. 4)
+
+       x = lambda x_t + (1 - lambda) x_s,   lambda ~ Beta(alpha, beta = 1)   i.i.d. per sample
+
+   (beta fixed to 1 as in sec. 5.3). The labels live in two label spaces, mixed through the two heads
+   on the shared backbone:  loss = mean_i [lambda_i CE(h^T(g(x_i)), y_t,i) + (1 - lambda_i) CE(h^S(g(x_i)), P(y_t,i))],
+   h^S starting from the pretrained source classifier. (Public code: none exists; the two-head reading
+   of "y = lambda y_t + (1 - lambda) y_s" is ours, see notes/methods-reference.md sec. 2.)
+
+Shapes: x_t, x_s (B, C, H, W); lambda (B,); centroids (n_t, D), (n_s, D); similarity (n_t, n_s).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .base import Method, StepContext
+
+CENTROID_BATCH = 512
+
+
+def class_centroids(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(n_classes, D) mean feature per class (eq. 1); a class without samples is an error."""
+    counts = torch.bincount(labels, minlength=n_classes)
+    if (counts == 0).any():
+        missing = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"no samples of class(es) {missing} to compute their centroid")
+    sums = torch.zeros((n_classes, features.shape[1]), dtype=features.dtype, device=features.device)
+    sums.index_add_(0, labels, features)
+    return sums / counts.unsqueeze(1).to(features.dtype)
+
+
+def cosine_similarity_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(n_a, n_b) cosine similarities of the rows of a and b."""
+    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+
+
+def greedy_pairing(similarity: torch.Tensor | np.ndarray) -> dict[int, int]:
+    """Greedy one-to-one target -> source map: repeatedly the most similar remaining pair.
+
+    `similarity` is (n_target, n_source); ties are broken by the lowest (target, source) index.
+    """
+    sim = np.array(similarity.detach().cpu() if isinstance(similarity, torch.Tensor) else similarity, float)
+    n_t, n_s = sim.shape
+    if n_s < n_t:
+        raise ValueError(
+            f"xmixup pairs every target class with a distinct source class, but the source has "
+            f"{n_s} classes and the target {n_t}; use a source with at least as many classes"
+        )
+    pairs: dict[int, int] = {}
+    sim = sim.copy()
+    for _ in range(n_t):
+        t, s = np.unravel_index(int(np.argmax(sim)), sim.shape)
+        pairs[int(t)] = int(s)
+        sim[t, :] = -np.inf
+        sim[:, s] = -np.inf
+    return dict(sorted(pairs.items()))
+
+
+@torch.no_grad()
+def _features(model: Any, x: torch.Tensor, domain: str) -> torch.Tensor:
+    return torch.cat(
+        [model.features(x[i : i + CENTROID_BATCH], domain) for i in range(0, len(x), CENTROID_BATCH)]
+    )
+
+
+class XMixup(Method):
+    name = "xmixup"
+    uses_source_data = True
+    needs_source_head = True
+    report_keys = ("mix_lambda",)
+
+    def setup(self, ctx: StepContext) -> None:
+        data, model = ctx.data, ctx.model
+        if model.source_head is None or len(data.source_y) == 0:
+            raise ValueError("xmixup needs the source set and a source head")
+        was_training = model.training
+        model.eval()
+        f_t = _features(model, data.target_train_x, "target")
+        f_s = _features(model, data.source_x, "source")
+        model.train(was_training)
+        c_t = class_centroids(f_t, data.target_train_y, data.n_target_classes)
+        c_s = class_centroids(f_s, data.source_y, data.n_source_classes)
+        self.similarity = cosine_similarity_matrix(c_t, c_s).cpu()
+        self.pairing = greedy_pairing(self.similarity)
+        self.pair_of = torch.tensor(
+            [self.pairing[t] for t in range(data.n_target_classes)], device=ctx.device
+        )
+        # Source sample indices per source class, for the per-sample draws of eq. 3.
+        src_y = data.source_y.cpu()
+        self.by_class = {s: torch.nonzero(src_y == s).flatten() for s in set(self.pairing.values())}
+
+    def draw_auxiliary(self, y_t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Indices into the source set: one uniform sample of the paired class per target label."""
+        out = torch.empty(len(y_t), dtype=torch.long)
+        for i, t in enumerate(y_t.tolist()):
+            pool = self.by_class[self.pairing[t]]
+            out[i] = pool[int(torch.randint(0, len(pool), (1,), generator=gen))]
+        return out
+
+    def loss(self, ctx: StepContext, step: int, total: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        x_t, y_t = ctx.target()
+        idx = self.draw_auxiliary(y_t.cpu(), ctx.gen).to(ctx.device)
+        x_s, y_s = ctx.data.source_x[idx], ctx.data.source_y[idx]
+        a = self.config.resolved_mixup_alpha
+        lam_np = ctx.rng.beta(a, 1.0, size=len(y_t))
+        lam = torch.as_tensor(lam_np, dtype=x_t.dtype, device=ctx.device)
+        x = lam.view(-1, 1, 1, 1) * x_t + (1.0 - lam.view(-1, 1, 1, 1)) * x_s
+        feats = ctx.model.features(x, "target")
+        ce_t = F.cross_entropy(ctx.model.head("target")(feats), y_t, reduction="none")
+        ce_s = F.cross_entropy(ctx.model.head("source")(feats), y_s, reduction="none")
+        loss = (lam * ce_t + (1.0 - lam) * ce_s).mean()
+        return loss, {"mix_lambda": float(lam_np.mean())}
+
+    def result_info(self) -> dict[str, Any]:
+        return {
+            "xmixup_pairing": {
+                "target_to_source": {str(t): s for t, s in self.pairing.items()},
+                "similarity": {str(t): float(self.similarity[t, s]) for t, s in self.pairing.items()},
+            }
+        }
