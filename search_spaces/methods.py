@@ -1,24 +1,25 @@
 """Search spaces of the mixup-family methods (issue 3), one table row per method, papers' ranges.
 
-| method   | param                | default range                    | source |
-| -------- | -------------------- | -------------------------------- | ------ |
-| mixup    | mixup_alpha          | 0.2 .. 4 (log)                   | 004 sec. 4.1: "optimal alpha among {0.2, 0.5, 1, 2, 4}" |
-| cutmix   | mixup_alpha          | 0.2 .. 4 (log)                   | 004 sec. 4.1 (same protocol) |
-| kmixup   | mixup_alpha          | 0.1 .. 1 (log)                   | 003 sec. 3: Dirichlet alpha 0.1 (SVHN), 0.5 (CIFAR) |
-|          | k_points (int)       | 2 .. 4                           | 003: ICT[K], K in {2, 3, 4} |
-| ict      | ict_w_max            | 1 .. 100 (log)                   | 003: w_max = 100 (we search below it) |
-|          | ict_rampup           | 0.1 .. 0.6                       | 003: 40% of training |
-|          | mixup_alpha          | 0.1 .. 1 (log)                   | 003 sec. 3 |
-|          | k_points (int)       | 2 .. 4                           | 003 |
-| xmixup   | mixup_alpha          | 2^-3 .. 2^6 (log)                | 001 sec. 5.3 (beta fixed to 1) |
-| smile    | mixup_alpha          | 0.1 .. 1 (log)                   | paper gives none; public code 0.2 |
-|          | smile_feature_weight | 1e-3 .. 1 (log)                  | paper gives none; public code 0.01 |
-|          | smile_source_weight  | 1e-2 .. 1 (log)                  | paper gives none; public code 0.1 |
-|          | ema_decay            | 0.99 .. 0.9999                   | teacher momentum; public code 0.999 |
-| automix  | mixup_alpha          | 1 .. 4 (log)                     | 004 sec. 4.5 / fig. 9: alpha = 2 best |
-|          | automix_stage (int)  | 1 .. 3                           | 004 table 11: feature layer l (our backbones have 3 stages; 4 for resnet18/50: override high) |
-|          | ema_decay            | fixed 0.999                      | 004: m starts at 0.999 (override to search it) |
-| source_finetune | (none)        |                                  | |
+method           param                 default range       source
+---------------  --------------------  ------------------  ------------------------------------------------
+mixup            mixup_alpha           0.2 .. 4 (log)      004 sec. 4.1: best alpha of {0.2, 0.5, 1, 2, 4}
+cutmix           mixup_alpha           0.2 .. 4 (log)      004 sec. 4.1 (same protocol)
+kmixup           mixup_alpha           0.1 .. 1 (log)      003 sec. 3: Dirichlet 0.1 (SVHN), 0.5 (CIFAR)
+                 k_points (int)        2 .. 4              003: ICT[K], K in {2, 3, 4}
+ict              ict_w_max             1 .. 100 (log)      003: w_max = 100 (we also search below it)
+                 ict_rampup            0.1 .. 0.6          003: 40% of training
+                 mixup_alpha           0.1 .. 1 (log)      003 sec. 3
+                 k_points (int)        2 .. 4              003
+xmixup           mixup_alpha           2^-3 .. 2^6 (log)   001 sec. 5.3 (beta fixed to 1)
+smile            mixup_alpha           0.1 .. 1 (log)      paper gives none; public code 0.2
+                 smile_feature_weight  1e-3 .. 1 (log)     paper gives none; public code 0.01
+                 smile_source_weight   1e-2 .. 1 (log)     paper gives none; public code 0.1
+                 ema_decay             0.99 .. 0.9999      teacher momentum; public code 0.999
+automix          mixup_alpha           1 .. 4 (log)        004 sec. 4.5, fig. 9: alpha = 2 best
+                 automix_stage (int)   1 .. 3              004 table 11: layer l (3 stages here;
+                                                           resnet18/50 have 4: override high)
+                 ema_decay             fixed 0.999         004: m starts at 0.999 (override to search)
+source_finetune  (none)
 
 A method composed with the sigmoid schedule ("<method>+schedule", see `schedule.arm_name`) also
 searches t0, tau, alpha with the schedule family's defaults and returns ``schedule=True``.

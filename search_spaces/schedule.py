@@ -93,7 +93,9 @@ def method_space(
     defaults = arm_defaults(base, schedule)
     extra = set(k for k, v in overrides.items() if v is not None) - set(defaults)
     if extra:
-        raise ValueError(f"method {arm_name(base, schedule)!r} has no parameter(s) {', '.join(sorted(extra))}")
+        raise ValueError(
+            f"method {arm_name(base, schedule)!r} has no parameter(s) {', '.join(sorted(extra))}"
+        )
     resolved = {}
     for name, default in defaults.items():
         try:

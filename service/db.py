@@ -24,7 +24,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class StudyStatus(str, enum.Enum):
+class StudyStatus(enum.StrEnum):
     pending = "pending"  # stored and submitted to Ray; the driver has not started yet
     running = "running"
     stopping = "stopping"  # a stop was asked for; running trials are being ended

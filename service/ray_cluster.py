@@ -42,17 +42,20 @@ class RayCluster:
     local: bool  # started by us on this machine (drivers can use this interpreter)
     pid: int | None = None
     token_path: Path | None = None
+    token: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth_headers(self.token_path, self.token)
 
     def client(self):  # -> JobSubmissionClient; imported lazily: ray is heavy
         from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.dashboard_url, headers=auth_headers(self.token_path))
+        return JobSubmissionClient(self.dashboard_url, headers=self.headers)
 
     def resources(self) -> dict[str, float]:
         """Total logical resources of the cluster (CPU, GPU, ...), from the dashboard's status."""
-        resp = httpx.get(
-            f"{self.dashboard_url}/api/cluster_status", headers=auth_headers(self.token_path), timeout=10
-        )
+        resp = httpx.get(f"{self.dashboard_url}/api/cluster_status", headers=self.headers, timeout=10)
         resp.raise_for_status()
         usage = resp.json()["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
         return {name: float(used_total[1]) for name, used_total in usage.items()}
@@ -131,7 +134,9 @@ def _dashboard_up(url: str, token_path: Path | None) -> bool:
         return False
 
 
-def auth_headers(token_path: Path | None) -> dict[str, str]:
+def auth_headers(token_path: Path | None, token: str | None = None) -> dict[str, str]:
+    if token:
+        return {"Authorization": f"Bearer {token}"}
     if token_path and token_path.exists():
         return {"Authorization": f"Bearer {token_path.read_text().strip()}"}
     return {}
@@ -247,8 +252,13 @@ def connect(settings: Settings) -> RayCluster:
             else:
                 host = urlparse(f"//{addr.removeprefix('ray://')}").hostname or "127.0.0.1"
                 url = f"http://{host}:8265"
+        token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
         return RayCluster(
-            url.rstrip("/"), settings.ray_address, local=False, token_path=settings.ray_auth_token_path
+            url.rstrip("/"),
+            settings.ray_address,
+            local=False,
+            token_path=settings.ray_auth_token_path,
+            token=token,
         )
     return start_local_head(settings)
 

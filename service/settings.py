@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     ray_auth_token_path: Path | None = Field(
         default=None, validation_alias=AliasChoices("RAY_AUTH_TOKEN_PATH", "TRANSCHED_RAY_AUTH_TOKEN_PATH")
     )
+    ray_auth_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("RAY_AUTH_TOKEN"))
     # The Python that runs a study's driver on the cluster's head node (the local head uses this one's).
     driver_python: str = "python"
     # The local head's ports: Redis holds 6379 on many machines, so the GCS port is explicit.

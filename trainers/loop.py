@@ -327,7 +327,9 @@ def _train(
 
     # Model init and dropout draw from the global generator (torch offers no other way for them).
     torch.manual_seed(seeds["init"])
-    has_source_head = source_batches or method.needs_source_head or config.resolved_init == "source_pretrained"
+    has_source_head = (
+        source_batches or method.needs_source_head or config.resolved_init == "source_pretrained"
+    )
     n_source_head = data.n_source_classes if (with_source and has_source_head) else 0
     model, init_info = initial_model(config, data, n_source_head, device)
     model.train()
@@ -386,7 +388,9 @@ def _train(
     params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     if method.parameters():
         params.append({"params": method.parameters()})
-    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
 
     history: list[dict[str, Any]] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
@@ -405,7 +409,9 @@ def _train(
                     config.method, step, total, t0=config.t0, tau=config.tau, alpha=config.alpha
                 )
             elif config.schedule:  # a mixup-family method composed with the sigmoid schedule of eq. 4
-                lam = schedule.loss_weight("smooth", step, total, t0=config.t0, tau=config.tau, alpha=config.alpha)
+                lam = schedule.loss_weight(
+                    "smooth", step, total, t0=config.t0, tau=config.tau, alpha=config.alpha
+                )
             else:
                 lam = 1.0
             lr = schedule.learning_rate(
@@ -520,7 +526,12 @@ def _unlabeled_pool(config: TrainConfig, data: TransferData, device: torch.devic
     if config.unlabeled is None:
         return data.source_x
     pool_config = dataclasses.replace(
-        config, method="target", schedule=False, source=config.unlabeled, source_path=None, source_classes=None
+        config,
+        method="target",
+        schedule=False,
+        source=config.unlabeled,
+        source_path=None,
+        source_classes=None,
     )
     pool = load_transfer_data(pool_config, load_source=True)
     if len(pool.source_x) == 0:

@@ -4,7 +4,8 @@ import optuna
 import pytest
 
 from search_spaces import DEFAULTS, Param, build_space, method_space
-from trainers.config import METHOD_PARAMS, METHODS, TrainConfig, config_fields
+from trainers.config import METHOD_PARAMS, TrainConfig, config_fields
+from trainers.config import SCHEDULE_METHODS as METHODS  # the schedule family; mixup arms: test_method_spaces
 
 
 def _fixed_trial_for(methods):

@@ -21,3 +21,16 @@ def test_custom_resources_must_exist_on_the_cluster():
     assert "trial_slot" in resource_problem(spec, {"CPU": 2.0})
     assert resource_problem(spec, {"CPU": 2.0, "trial_slot": 2.0}) is None
     assert resource_problem(spec, {"CPU": 2.0}, custom=False) is None
+
+
+def test_a_trial_without_gpus_trains_on_the_cpu():
+    from service.trainable import claim_device
+
+    assert claim_device(0.0) == "cpu"
+
+
+def test_the_trainable_merges_fixed_fields_and_sampled_params_once():
+    from service.trainable import merge_config
+
+    config = merge_config({"epochs": 3, "t0": 0.0}, {"method": "finetune", "t0": 0.2}, cpus_per_trial=2)
+    assert (config.method, config.t0, config.epochs, config.num_threads) == ("finetune", 0.2, 3, 2)

@@ -196,3 +196,11 @@ def test_stop_ends_a_running_study_without_leaving_running_trials(server, finish
     assert study["status"] == "stopped"
     assert "RUNNING" not in study["trial_counts"]
     assert sum(study["trial_counts"].values()) < 40
+
+
+def test_a_study_asking_for_gpus_on_a_cluster_without_any_is_rejected_and_not_stored(server, finished):
+    before = httpx.get(f"{server['api']}/studies", timeout=30).json()["total"]
+    resp = httpx.post(f"{server['api']}/studies", json={**STUDY, "gpus_per_trial": 0.5}, timeout=60)
+    assert resp.status_code == 422
+    assert "gpus_per_trial=0.5" in resp.json()["detail"] and "0 GPU" in resp.json()["detail"]
+    assert httpx.get(f"{server['api']}/studies", timeout=30).json()["total"] == before

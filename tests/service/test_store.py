@@ -1,6 +1,8 @@
 """The study store on a real SQLite file and a real PostgreSQL database: migrations, status
 transitions, pagination, reaping orphaned trials."""
 
+from datetime import UTC
+
 import optuna
 import pytest
 from sqlalchemy import text
@@ -110,7 +112,7 @@ def test_upgrading_twice_is_a_no_op_and_leaves_optunas_tables_alone(url, engine)
 
 
 def test_a_database_made_at_the_first_migration_upgrades_with_its_finished_study_intact(url, tmp_path):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from fastapi.testclient import TestClient
     from sqlalchemy import JSON, DateTime, String, column, insert, table
@@ -130,7 +132,7 @@ def test_a_database_made_at_the_first_migration_upgrades_with_its_finished_study
         column("spec", JSON),
         *(column(c, DateTime(timezone=True)) for c in ("created_at", "started_at", "finished_at")),
     )
-    now = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 1, tzinfo=UTC)
     with engine.begin() as conn:
         conn.execute(
             insert(studies).values(

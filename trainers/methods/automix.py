@@ -14,9 +14,11 @@ no gradients, eq. 12) and the Mix Block M_phi (trained by SGD). Per step on a ta
        x_mix = s_i * x_i + (1 - s_i) * x_j                                        (eq. 4)
 4. Losses (eq. 8), decoupled by stop-gradient as the paper describes (fig. 5, Alg. 1):
    classification (trains f_q only; the mask s_q is DETACHED):
-       l_CE + l_MCE^cls = CE(f_q(x), y) + lambda_q CE(f_q(x_mix_q), y) + (1 - lambda_q) CE(f_q(x_mix_q), y[pi_q])
+       l_CE + l_MCE^cls = CE(f_q(x), y)
+                          + lambda_q CE(f_q(x_mix_q), y) + (1 - lambda_q) CE(f_q(x_mix_q), y[pi_q])
    generation (trains M_phi only: f_k has no trainable parameter, the gradient reaches phi through s_k):
-       l_MCE^gen + l_lambda = MCE(f_k(x_mix_k), lambda_k) + gamma(t) mean_i max(|lambda_k - mean_hw s_i| - eps, 0)
+       l_MCE^gen + l_lambda = MCE(f_k(x_mix_k), lambda_k)
+                              + gamma(t) mean_i max(|lambda_k - mean_hw s_i| - eps, 0)
    with eps = `automix_margin` (0.1) and gamma(t) = `automix_mask_weight` (0.1) decreased linearly to 0
    over training (eq. 7: "a loss weight linearly decreased to 0"; the public CIFAR configs keep 0.1).
 5. Momentum pipeline: after each step theta_k <- m theta_k + (1 - m) theta_q with m rising from

@@ -7,8 +7,12 @@
   does not use mixup", paper 003 fig. 1);
 - u: an unlabeled batch (the source images by default, `unlabeled` names another pool); u_k = u[pi_k]
   with pi_1 the identity and pi_2..pi_K random permutations; one w per batch;
-- f = h^T o g is the student's target logits ("ICT loss ... applied on the network logits", paper 003
-  sec. 3.1); f_T the mean teacher's, computed without gradient on the clean u_k and mixed with the same w;
+- f = softmax(h^T(g(.))): the network output in the label space Y = R^C of sec. 2 (where the mixed
+  labels Mix_w(y) live); f_T the mean teacher's, computed without gradient on the clean u_k, and the
+  target Mix_w(f_T(u_1), .., f_T(u_K)) mixes these outputs with the same w, as eq. 2 writes it. (Sec.
+  3.1 calls the ICT loss "applied on the network logits"; on raw logits w_max = 100 diverges under our
+  SGD recipe at once, and ICT [17], which paper 003 runs, uses softmax outputs. The public ICT code
+  mixes teacher LOGITS and then takes the softmax; eq. 2 mixes the outputs, which we follow.)
 - D: squared L2 distance (paper 003: "L_2 distance"), averaged over the batch and divided by the
   number of classes (the normalisation of the public ICT code, so w_max keeps its published scale);
 - w(t) = w_max * min(1, t / (rampup * T)): a LINEAR ramp from 0 to w_max over `ict_rampup` of the
@@ -18,7 +22,7 @@
   d_t = min(1 - 1/(t + 1), ema_decay) (mean-teacher / ICT code: the teacher tracks the student early
   on, then averages with `ema_decay`); BN buffers are copied; the teacher never receives a gradient.
 
-Shapes: x (B, C, H, W), u (B, C, H, W), w (K,), logits (B, n_target).
+Shapes: x (B, C, H, W), u (B, C, H, W), w (K,), f (B, n_target).
 """
 
 from __future__ import annotations
@@ -43,9 +47,9 @@ def ema_decay_at(step: int, ema_decay: float) -> float:
     return min(1.0 - 1.0 / (step + 1), ema_decay)
 
 
-def consistency_distance(student_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
+def consistency_distance(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Squared L2 distance per sample, averaged over the batch and divided by the number of classes."""
-    return ((student_logits - target_logits) ** 2).sum(dim=1).mean() / student_logits.shape[1]
+    return ((student - target) ** 2).sum(dim=1).mean() / student.shape[1]
 
 
 class ICT(Method):
@@ -65,9 +69,9 @@ class ICT(Method):
         weights = list(sample_dirichlet(ctx.rng, [self.config.resolved_mixup_alpha] * k))
         perms = permutations(len(u), k, ctx.gen, ctx.device)
         with torch.no_grad():
-            t_logits = self.teacher(u, "target")
-        target = mix(t_logits, weights, perms)
-        cons = consistency_distance(model(mix(u, weights, perms), "target"), target)
+            t_out = torch.softmax(self.teacher(u, "target"), dim=1)
+        target = mix(t_out, weights, perms)
+        cons = consistency_distance(torch.softmax(model(mix(u, weights, perms), "target"), dim=1), target)
         metrics = {"ict_weight": w_t, "ict_consistency": cons.detach(), "mix_lambda": float(weights[0])}
         return sup + w_t * cons, metrics
 

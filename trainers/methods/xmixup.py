@@ -12,7 +12,8 @@
        x = lambda x_t + (1 - lambda) x_s,   lambda ~ Beta(alpha, beta = 1)   i.i.d. per sample
 
    (beta fixed to 1 as in sec. 5.3). The labels live in two label spaces, mixed through the two heads
-   on the shared backbone:  loss = mean_i [lambda_i CE(h^T(g(x_i)), y_t,i) + (1 - lambda_i) CE(h^S(g(x_i)), P(y_t,i))],
+   on the shared backbone:
+       loss = mean_i [lambda_i CE(h^T(g(x_i)), y_t,i) + (1 - lambda_i) CE(h^S(g(x_i)), P(y_t,i))],
    h^S starting from the pretrained source classifier. (Public code: none exists; the two-head reading
    of "y = lambda y_t + (1 - lambda) y_s" is ours, see notes/methods-reference.md sec. 2.)
 
