@@ -186,8 +186,7 @@ def _routes(app: FastAPI) -> None:
 
         cluster = _cluster(request)
         try:
-            # Custom resource names come back renamed from the dashboard: the driver checks those.
-            problem = resource_problem(spec, cluster.resources(), custom=False)
+            problem = resource_problem(spec, cluster.resources(), gpus_only=True)
         except Exception:  # the status API is best effort; the driver checks again with Ray's own view
             logger.warning("could not read the cluster's resources", exc_info=True)
             problem = None

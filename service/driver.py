@@ -97,7 +97,9 @@ class StopWhenAsked(Stopper):
             self._last = now
             if self._sessions is None:
                 url = self._settings.resolved_database_url
-                engine = make_engine(url, busy_timeout_ms=self._settings.sqlite_busy_timeout_ms, pool_size=1)
+                engine = make_engine(
+                    url, busy_timeout_ms=self._settings.sqlite_busy_timeout_ms, pool_size=1, max_overflow=0
+                )
                 self._sessions = make_sessionmaker(engine)
             with self._sessions() as s:
                 heartbeat(s, study_id=self._study_id)
@@ -113,8 +115,12 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
     from search_spaces import build_space
     from service.trainable import run_trial
 
+    # Small pools: a driver needs few connections, and many drivers share one PostgreSQL (see README).
     engine = make_engine(
-        settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=2
+        settings.resolved_database_url,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        pool_size=1,
+        max_overflow=0,
     )
     sessions = make_sessionmaker(engine)
     with sessions() as s:
@@ -128,8 +134,12 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
             return StudyStatus(row.status)
 
     storage = make_optuna_storage(
-        settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms
+        settings.resolved_database_url,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        pool_size=2,
+        max_overflow=2,
     )
+    final, message = StudyStatus.failed, "the driver ended unexpectedly"
     try:
         ray.init(logging_level=logging.WARNING)
         problem = resource_problem(spec, ray.cluster_resources())

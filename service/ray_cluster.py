@@ -263,10 +263,12 @@ def connect(settings: Settings) -> RayCluster:
     return start_local_head(settings)
 
 
-def resource_problem(spec: StudySpec, cluster: dict[str, float], *, custom: bool = True) -> str | None:
+def resource_problem(spec: StudySpec, cluster: dict[str, float], *, gpus_only: bool = False) -> str | None:
     """Why no trial of this spec could ever be scheduled on this cluster, or None.
 
-    Tune would otherwise keep such trials pending forever, and the study would hang.
+    Tune would otherwise keep such trials pending forever, and the study would hang. `gpus_only` is for
+    the API's early check on the dashboard's status report, whose CPU count lags a fresh cluster and
+    whose custom resource names come back renamed; the driver checks everything with Ray's own view.
     """
     gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
     if spec.gpus_per_trial > gpus:
@@ -274,9 +276,11 @@ def resource_problem(spec: StudySpec, cluster: dict[str, float], *, custom: bool
             f"gpus_per_trial={spec.gpus_per_trial:g} but the Ray cluster has {gpus:g} GPU(s); "
             "set gpus_per_trial to 0 to train on CPUs"
         )
+    if gpus_only:
+        return None
     if spec.cpus_per_trial > cpus:
         return f"cpus_per_trial={spec.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPU(s)"
-    for name, amount in spec.resources_per_trial.items() if custom else ():
+    for name, amount in spec.resources_per_trial.items():
         if amount > cluster.get(name, 0.0):
             return (
                 f"resources_per_trial[{name!r}]={amount:g} but the Ray cluster has {cluster.get(name, 0.0):g}"

@@ -1,4 +1,6 @@
-"""Trainers: one training run of Smooth Transfer Learning (and its special cases) from a `TrainConfig`.
+"""Trainers: one training run from a `TrainConfig`: Smooth Transfer Learning (and its special cases) and
+the mixup family of issue 3 (trainers/methods/: mixup, kmixup, cutmix, ict, xmixup, smile, automix,
+source_finetune), with the pretrained-source cache (pretrain.py) and linearity diagnostics.
 
     from trainers import TrainConfig, train
     result = train(TrainConfig(method="smooth", t0=0.1, tau=0.05), report=print_metrics)
@@ -8,9 +10,21 @@ Importing this package loads torch (and numpy) only; torchvision and scikit-lear
 dataset or backbone that needs them is used.
 """
 
-from .config import BACKBONES, DATASETS, METHOD_PARAMS, METHODS, TrainConfig, config_fields
+from .config import (
+    BACKBONES,
+    DATASETS,
+    METHOD_PARAMS,
+    METHODS,
+    MIXUP_METHODS,
+    SCHEDULE_METHODS,
+    SCHEDULE_PARAMS,
+    TrainConfig,
+    config_fields,
+    schedule_params,
+)
 from .data import DatasetNotFoundError, TransferData, load_transfer_data
 from .loop import REPORT_KEYS, TrainResult, load_model, train
+from .methods import METHOD_REPORT_KEYS
 from .models import PretrainedWeightsNotFoundError, TransferNet
 
 __all__ = [
@@ -20,7 +34,12 @@ __all__ = [
     "DatasetNotFoundError",
     "PretrainedWeightsNotFoundError",
     "METHODS",
+    "MIXUP_METHODS",
+    "SCHEDULE_METHODS",
+    "SCHEDULE_PARAMS",
     "METHOD_PARAMS",
+    "METHOD_REPORT_KEYS",
+    "schedule_params",
     "BACKBONES",
     "DATASETS",
     "REPORT_KEYS",

@@ -484,6 +484,9 @@ def _train(
     model.eval()
     test_acc, test_loss = evaluate(model, data.test_x, data.test_y)
     linearity = linearity_diagnostics(model, data, seed=config.seed)
+    sizes = data.sizes()
+    if unlabeled_x is not None:
+        sizes["n_unlabeled"] = n_unl
     wall = time.monotonic() - started
     logger.info(
         "done: best val acc %.4f at epoch %d, test acc %.4f (%d steps, %.1fs)",
@@ -506,7 +509,7 @@ def _train(
         steps_run=step,
         stopped_early=stopped_early,
         diverged=diverged,
-        data_sizes=data.sizes(),
+        data_sizes=sizes,
         in_channels=data.in_channels,
         image_size=data.image_size,
         device=str(device),

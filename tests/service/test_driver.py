@@ -20,7 +20,8 @@ def test_custom_resources_must_exist_on_the_cluster():
     spec = StudySpec(resources_per_trial={"trial_slot": 1})
     assert "trial_slot" in resource_problem(spec, {"CPU": 2.0})
     assert resource_problem(spec, {"CPU": 2.0, "trial_slot": 2.0}) is None
-    assert resource_problem(spec, {"CPU": 2.0}, custom=False) is None
+    assert resource_problem(spec, {"CPU": 2.0}, gpus_only=True) is None
+    assert "gpus_per_trial" in resource_problem(StudySpec(gpus_per_trial=1), {}, gpus_only=True)
 
 
 def test_a_trial_without_gpus_trains_on_the_cpu():
