@@ -12,6 +12,7 @@ import optuna
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from sqlalchemy.orm import Session
 
+from search_spaces import arm_name, parse_arm
 from service import repository as repo
 from service.db import Study, StudyStatus, create_schema, make_engine, make_optuna_storage, make_sessionmaker
 from service.ray_cluster import RayCluster, RayUnavailable, connect, resource_problem
@@ -159,6 +160,11 @@ def _study_out(request: Request, study: Study) -> StudyOut:
     )
 
 
+def _arm(trial: optuna.trial.FrozenTrial) -> str:
+    params = _params(trial)
+    return arm_name(params["method"], bool(params.get("schedule")))
+
+
 def _params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     # The sampled config holds the constants of the space (e.g. the method of a one-method study) too.
     return dict(trial.user_attrs.get("sampled") or trial.params)
@@ -258,6 +264,7 @@ def _routes(app: FastAPI) -> None:
                 node_id=t.user_attrs.get("node_id"),
                 device=t.user_attrs.get("device"),
                 restarts=t.user_attrs.get("restarts", 0),
+                info=t.user_attrs.get("info") or {},
                 total_steps=t.user_attrs.get("total_steps"),
                 datetime_start=t.datetime_start,
                 datetime_complete=t.datetime_complete,
@@ -269,19 +276,47 @@ def _routes(app: FastAPI) -> None:
     @app.get(
         "/studies/{study_id}/best",
         response_model=BestConfig,
-        responses={**NOT_FOUND, 409: {"model": Problem, "description": "no trial has completed yet"}},
+        responses={
+            **NOT_FOUND,
+            409: {"model": Problem, "description": "no trial (of that method) has completed yet"},
+            422: {"model": Problem, "description": "the study has no such method"},
+        },
         tags=["studies"],
     )
-    def best(study_id: str, request: Request, session: SessionDep) -> BestConfig:
-        """The best trial's complete trainer config, ready for `transched train`."""
+    def best(
+        study_id: str,
+        request: Request,
+        session: SessionDep,
+        method: Annotated[
+            str | None, Query(description="best of one method: a method name, or an arm like mixup+schedule")
+        ] = None,
+    ) -> BestConfig:
+        """The best trial's complete trainer config, ready for `transched train`; the best overall, or
+        with `?method=` the best of that method."""
         study = _get_or_404(session, study_id)
+        if method is not None:
+            arms = StudySpec.model_validate(study.spec).resolved_methods()
+            if method not in arms and method not in {parse_arm(a)[0] for a in arms}:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"study {study_id} has no method {method!r}; it has {', '.join(arms)}",
+                )
         ot = repo.load_optuna_study(request.app.state.storage, name=study.optuna_study_name)
-        try:
-            trial = ot.best_trial if ot else None
-        except ValueError:
-            trial = None
+        trial = None
+        if ot is not None and method is None:
+            try:
+                trial = ot.best_trial  # the store's own answer, so /best and optuna.load_study agree
+            except ValueError:  # no completed trial
+                trial = None
+        elif ot is not None:
+            trials = ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            trials = [t for t in trials if method in (_params(t)["method"], _arm(t))]
+            trial = max(trials, key=lambda t: (t.value, -t.number), default=None)
         if trial is None:
-            raise HTTPException(status.HTTP_409_CONFLICT, f"study {study_id} has no completed trial yet")
+            which = f" of method {method!r}" if method else ""
+            raise HTTPException(
+                status.HTTP_409_CONFLICT, f"study {study_id} has no completed trial{which} yet"
+            )
         return best_config(study, trial)
 
     @app.post(
@@ -316,7 +351,7 @@ def _routes(app: FastAPI) -> None:
 
 def best_config(study: Study, trial: optuna.trial.FrozenTrial) -> BestConfig:
     from service.trainable import merge_config
-    from trainers.config import METHOD_PARAMS
+    from trainers.config import schedule_params
 
     spec = StudySpec.model_validate(study.spec)
     # The same merge the trainable made, so the config trains exactly what the trial trained.
@@ -325,7 +360,7 @@ def best_config(study: Study, trial: optuna.trial.FrozenTrial) -> BestConfig:
     ).to_dict()
     method = config["method"]
     total = trial.user_attrs.get("total_steps")
-    used = METHOD_PARAMS.get(method, ())
+    used = schedule_params(method, bool(config.get("schedule")))
     schedule = None
     if used and total:
         schedule = Schedule(
@@ -344,4 +379,5 @@ def best_config(study: Study, trial: optuna.trial.FrozenTrial) -> BestConfig:
         test_acc=trial.user_attrs.get("test_acc"),
         config=config,
         schedule=schedule,
+        info=trial.user_attrs.get("info") or {},
     )

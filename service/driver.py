@@ -62,7 +62,7 @@ class StoredOptunaSearch(OptunaSearch):
         if ot_trial is None or trial_id in self._completed_trials:
             return
         if result.get("final"):
-            for key in ("test_acc", "best_epoch", "total_steps", "finished_at"):
+            for key in ("test_acc", "best_epoch", "total_steps", "finished_at", "info"):
                 ot_trial.set_user_attr(key, result.get(key))
             return
         if result.get("epoch") == 1:
@@ -154,8 +154,11 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
             group=True,  # the space is conditional on the method
             n_startup_trials=spec.startup_trials,
         )
+        arms = spec.resolved_methods()
         searcher = StoredOptunaSearch(
-            space=build_space(spec.resolved_methods()),
+            space=build_space(arms),
+            # Each method once before TPE chooses, so every method of the study is tried.
+            points_to_evaluate=[{"method": arm} for arm in arms] if len(arms) > 1 else None,
             metric=METRIC,
             mode="max",
             sampler=sampler,

@@ -7,13 +7,15 @@ overrides. The trainable merges the two once: ``TrainConfig(**trainer, **sampled
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from search_spaces import Param, method_space
-from trainers.config import TrainConfig
+from search_spaces import Param, arm_defaults, arm_name, method_space
+from trainers.config import METHODS, MIXUP_METHODS, TrainConfig
 
 METRIC = "best_val_acc"  # the trial's objective: best target validation accuracy so far (early stopping)
 
@@ -22,41 +24,48 @@ class _MethodBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def overrides(self) -> dict[str, Param | None]:
-        return {k: v for k, v in self if k != "method"}
+        return {k: v for k, v in self if k not in ("method", "schedule")}
+
+    @property
+    def arm(self) -> str:
+        """The key of this entry in the study's space: the method, or ``<method>+schedule``."""
+        return arm_name(self.method, getattr(self, "schedule", False))
+
+    def resolved(self) -> dict[str, Param]:
+        return method_space(self.method, self.overrides(), schedule=getattr(self, "schedule", False))
 
 
-class TargetMethod(_MethodBase):
-    """Train on the target only (lambda = 1). Nothing to search."""
-
-    method: Literal["target"] = "target"
-
-
-class FinetuneMethod(_MethodBase):
-    """Pre-train on the source, then fine-tune from T/2 + t0 on (eq. 5)."""
-
-    method: Literal["finetune"] = "finetune"
-    t0: Param | None = None
-
-
-class MultitaskMethod(_MethodBase):
-    """Fixed-weight multi-task learning, lambda = (1 + e^alpha)^-1 (eq. 6)."""
-
-    method: Literal["multitask"] = "multitask"
-    alpha: Param | None = None
+METHOD_DOCS = {
+    "target": "Train on the target only (lambda = 1). Nothing to search.",
+    "finetune": "Pre-train on the source, then fine-tune from T/2 + t0 on (paper 002, eq. 5).",
+    "multitask": "Fixed-weight multi-task learning, lambda = (1 + e^alpha)^-1 (paper 002, eq. 6).",
+    "smooth": "Smooth Transfer Learning, the sigmoid schedule of paper 002, eq. 4.",
+    "source_finetune": "Plain fine-tuning of the (cached) source-pretrained backbone.",
+    "mixup": "Input mixup, lambda ~ Beta(alpha, alpha).",
+    "kmixup": "K-point mixup with Dirichlet weights (paper 003).",
+    "cutmix": "CutMix (AutoMix paper's baseline).",
+    "ict": "Interpolation consistency training with a mean teacher (paper 003).",
+    "xmixup": "Cross-domain mixup with paired source classes (paper 001).",
+    "smile": "SMILE: mixup with feature and source-head regularizers from a mean teacher (paper 000).",
+    "automix": "AutoMix: a learned Mix Block generates the mixing mask (paper 004).",
+}
 
 
-class SmoothMethod(_MethodBase):
-    """Smooth Transfer Learning, the sigmoid schedule of eq. 4."""
+def _method_model(method: str) -> type[_MethodBase]:
+    """One member of the tagged union: `method`, an optional override per searchable param and, for a
+    mixup-family method, `schedule` (compose with the sigmoid schedule: t0, tau, alpha join its space)."""
+    composable = method in MIXUP_METHODS
+    params = list(arm_defaults(method, schedule=composable))
+    fields: dict[str, Any] = {"method": (Literal[method], method)}
+    fields |= {name: (Param | None, None) for name in params}
+    if composable:
+        fields["schedule"] = (bool, Field(default=False, description="add the sigmoid loss-weight schedule"))
+    camel = "".join(part.title() for part in method.split("_"))
+    return create_model(f"{camel}Method", __base__=_MethodBase, __doc__=METHOD_DOCS[method], **fields)
 
-    method: Literal["smooth"] = "smooth"
-    t0: Param | None = None
-    tau: Param | None = None
-    alpha: Param | None = None
 
-
-MethodSpec = Annotated[
-    TargetMethod | FinetuneMethod | MultitaskMethod | SmoothMethod, Field(discriminator="method")
-]
+METHOD_MODELS = {m: _method_model(m) for m in METHODS}
+MethodSpec = Annotated[Union[tuple(METHOD_MODELS.values())], Field(discriminator="method")]  # noqa: UP007
 
 
 class StudySpec(BaseModel):
@@ -75,7 +84,11 @@ class StudySpec(BaseModel):
 
     name: str = Field(default="study", min_length=1, max_length=200)
     trainer: TrainConfig = Field(default_factory=TrainConfig, description="fixed trainer config fields")
-    methods: list[MethodSpec] = Field(default_factory=lambda: [SmoothMethod()], min_length=1)
+    methods: list[MethodSpec] = Field(
+        default_factory=lambda: [METHOD_MODELS["smooth"]()],
+        min_length=1,
+        description="methods to compare; with several, the method is a TPE choice, each tried once first",
+    )
     n_trials: int = Field(default=12, ge=1, le=100_000)
     max_concurrent_trials: int = Field(default=1, ge=1, le=1024)
     cpus_per_trial: float = Field(default=1.0, gt=0)
@@ -101,11 +114,11 @@ class StudySpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:
-        names = [m.method for m in self.methods]
-        if len(set(names)) != len(names):
-            raise ValueError(f"methods must be distinct, got {names}")
+        arms = [m.arm for m in self.methods]
+        if len(set(arms)) != len(arms):
+            raise ValueError(f"methods must be distinct, got {arms}")
         for m in self.methods:
-            method_space(m.method, m.overrides())  # raises ValueError naming the bad bound
+            m.resolved()  # raises ValueError naming the bad bound
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ValueError("gpus_per_trial above 1 must be a whole number")
         bad = [k for k, v in self.resources_per_trial.items() if k in ("CPU", "GPU", "cpu", "gpu") or v < 0]
@@ -114,7 +127,22 @@ class StudySpec(BaseModel):
         return self
 
     def resolved_methods(self) -> dict[str, dict[str, Param]]:
-        return {m.method: method_space(m.method, m.overrides()) for m in self.methods}
+        """The study's arms (``smooth``, ``mixup+schedule``, ...) with their resolved params."""
+        return {m.arm: m.resolved() for m in self.methods}
+
+    def with_paths_under(self, root: Path) -> StudySpec:
+        """Relative paths of the trainer made absolute under `root`: trials run in their own working
+        directories on any node, where a relative path would point somewhere else."""
+        changes = {}
+        for name in ("data_dir", "artifact_dir", "source_path", "target_path", "init_checkpoint"):
+            value = getattr(self.trainer, name, None)
+            if value and not Path(value).is_absolute():
+                changes[name] = str((root / value).resolve())
+        return (
+            self.model_copy(update={"trainer": dataclasses.replace(self.trainer, **changes)})
+            if changes
+            else self
+        )
 
     @property
     def startup_trials(self) -> int:
@@ -181,6 +209,11 @@ class TrialOut(BaseModel):
     node_id: str | None = Field(default=None, description="Ray node id the trial ran on (its last attempt)")
     device: str | None = None
     restarts: int = Field(default=0, description="times the trial was rerun after its worker died")
+    info: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the run found: XMixup's class pairing, the linearity diagnostics (interpolation "
+        "losses, paper 000 eq. 1), the pretrained-source cache, the test accuracy",
+    )
     total_steps: int | None = None
     datetime_start: datetime | None
     datetime_complete: datetime | None
@@ -215,7 +248,8 @@ class BestConfig(BaseModel):
     val_acc: float
     test_acc: float | None
     config: dict[str, Any] = Field(description="the full trainers.TrainConfig with the best params merged in")
-    schedule: Schedule | None = Field(description="lambda(t) in iterations, for the schedule methods")
+    schedule: Schedule | None = Field(description="lambda(t) in iterations, where the method has one")
+    info: dict[str, Any] = Field(default_factory=dict, description="as in the trial listing")
 
 
 class Problem(BaseModel):

@@ -7,6 +7,9 @@ import socket
 import time
 from typing import Any
 
+# What a run found, kept with the trial (see trainers.TrainResult.metrics).
+INFO_KEYS = ("xmixup_pairing", "linearity", "pretrain_cache", "init", "method_info", "data_sizes")
+
 
 def merge_config(fixed: dict[str, Any], sampled: dict[str, Any], *, cpus_per_trial: float):
     """The one merge of a trial: fixed spec fields, then sampled params on top (same names)."""
@@ -52,6 +55,8 @@ def run_trial(
         tune.report({**metrics, **where})
 
     result = train(config, report=report)
+    summary = result.metrics()
+    info = {k: summary.get(k) for k in INFO_KEYS if summary.get(k) is not None}
     # A last result after training: the test accuracy of the best-validation model, and the run's end.
     last = result.history[-1] if result.history else {}
     tune.report(
@@ -60,6 +65,7 @@ def run_trial(
             "best_val_acc": result.best_val_acc,
             "final": True,
             "test_acc": result.test_acc,
+            "info": {**info, "test_acc": result.test_acc, "best_epoch": result.best_epoch},
             "best_epoch": result.best_epoch,
             "total_steps": result.total_steps,
             **where,
