@@ -199,6 +199,7 @@ def _routes(app: FastAPI) -> None:
         if problem:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, problem)
         study_id = uuid.uuid4().hex
+        spec = spec.with_paths_under(request.app.state.settings.data_dir)
         study = repo.create_study(
             session, name=spec.name, spec=spec.model_dump(mode="json"), study_id=study_id
         )
@@ -310,7 +311,10 @@ def _routes(app: FastAPI) -> None:
                 trial = None
         elif ot is not None:
             trials = ot.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            trials = [t for t in trials if method in (_params(t)["method"], _arm(t))]
+            # An arm of the study matches exactly ("mixup" is not "mixup+schedule"); a bare method name
+            # that is not an arm ("mixup" in a study of "mixup+schedule" only) matches its arms.
+            exact = method in StudySpec.model_validate(study.spec).resolved_methods()
+            trials = [t for t in trials if (_arm(t) if exact else _params(t)["method"]) == method]
             trial = max(trials, key=lambda t: (t.value, -t.number), default=None)
         if trial is None:
             which = f" of method {method!r}" if method else ""

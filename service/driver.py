@@ -16,6 +16,7 @@ from typing import Any
 
 from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, make_engine, make_optuna_storage, make_sessionmaker
 from service.ray_cluster import resource_problem
@@ -62,8 +63,11 @@ class StoredOptunaSearch(OptunaSearch):
         if ot_trial is None or trial_id in self._completed_trials:
             return
         if result.get("final"):
-            for key in ("test_acc", "best_epoch", "total_steps", "finished_at", "info"):
+            for key in ("test_acc", "best_epoch", "total_steps", "finished_at"):
                 ot_trial.set_user_attr(key, result.get(key))
+            # Tune hands searchers flattened results ("info/linearity/val/label_il"): nest them again.
+            nested = unflatten_dict({k: v for k, v in result.items() if k.startswith("info/")})
+            ot_trial.set_user_attr("info", nested.get("info", result.get("info")))
             return
         if result.get("epoch") == 1:
             if f"{EPOCH_ATTR_PREFIX}00001" in ot_trial.user_attrs:  # the trial was rerun after a failure
