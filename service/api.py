@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
+from datetime import UTC
 from typing import Annotated, Any
 
 import optuna
@@ -14,7 +15,15 @@ from sqlalchemy.orm import Session
 
 from search_spaces import arm_name, parse_arm
 from service import repository as repo
-from service.db import Study, StudyStatus, create_schema, make_engine, make_optuna_storage, make_sessionmaker
+from service.db import (
+    Study,
+    StudyStatus,
+    create_schema,
+    make_engine,
+    make_optuna_storage,
+    make_sessionmaker,
+    utcnow,
+)
 from service.ray_cluster import RayCluster, RayUnavailable, connect, resource_problem
 from service.schemas import (
     BestConfig,
@@ -114,26 +123,40 @@ def _get_or_404(session: Session, study_id: str) -> Study:
 
 
 def _reconcile(request: Request, session: Session, study: Study) -> None:
-    """A study whose driver job ended without saying so (killed, cluster lost) is marked failed or
-    stopped, and its RUNNING trials are failed: nothing stays 'running' forever."""
-    if StudyStatus(study.status).terminal or not study.ray_job_id or request.app.state.cluster is None:
+    """A study whose driver ended without saying so is marked failed or stopped, and its RUNNING trials
+    are failed: nothing stays 'running' forever. The driver's end is known from its Ray job's status,
+    or, when the cluster no longer knows the job (restarted, lost), from a heartbeat gone stale."""
+    if StudyStatus(study.status).terminal:
         return
-    job = request.app.state.cluster.job_status(study.ray_job_id)
-    if job not in ("FAILED", "STOPPED", "SUCCEEDED"):
+    cluster, settings = request.app.state.cluster, request.app.state.settings
+    job = cluster.job_status(study.ray_job_id) if cluster is not None and study.ray_job_id else None
+    if job in ("FAILED", "STOPPED", "SUCCEEDED"):
+        final = StudyStatus.stopped if job == "STOPPED" else StudyStatus.failed
+        error = None if final == StudyStatus.stopped else f"the driver's Ray job ended as {job}"
+    elif job is None and study.status != StudyStatus.pending and _stale(study, settings.driver_timeout_s):
+        final = StudyStatus.failed
+        error = f"the driver stopped reporting (no heartbeat for over {settings.driver_timeout_s:.0f}s)"
+    else:
         return
-    session.refresh(study)
-    if StudyStatus(study.status).terminal:  # the driver wrote its own end meanwhile
-        return
-    final = StudyStatus.stopped if job == "STOPPED" else StudyStatus.failed
-    repo.set_status(
+    moved = repo.set_status(
         session,
         study_id=study.id,
         status=final,
-        error=None if final == StudyStatus.stopped else f"the driver's Ray job ended as {job}",
+        error=error,
         only_from=(StudyStatus.pending, StudyStatus.running, StudyStatus.stopping),
     )
-    repo.reap_running_trials(request.app.state.storage, name=study.optuna_study_name)
+    if moved:  # else the driver wrote its own end meanwhile
+        repo.reap_running_trials(request.app.state.storage, name=study.optuna_study_name)
     session.refresh(study)
+
+
+def _stale(study: Study, timeout_s: float) -> bool:
+    last = study.heartbeat_at or study.started_at
+    if last is None:
+        return False
+    if last.tzinfo is None:  # SQLite hands back naive datetimes; we store UTC
+        last = last.replace(tzinfo=UTC)
+    return (utcnow() - last).total_seconds() > timeout_s
 
 
 def _study_out(request: Request, study: Study) -> StudyOut:

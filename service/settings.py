@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     ray_head_port: int = 6390
     ray_dashboard_port: int = 8265
     ray_num_cpus: int | None = Field(default=None, description="CPUs the local head offers; default all")
+    # A running study whose driver has written no heartbeat for this long, and whose Ray job the cluster
+    # no longer knows, is marked failed.
+    driver_timeout_s: float = 300.0
     sqlite_busy_timeout_ms: int = 30_000
     db_pool_size: int = 5
     db_max_overflow: int = 5

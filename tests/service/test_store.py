@@ -182,3 +182,29 @@ def test_a_database_made_before_migrations_existed_is_adopted_not_recreated(tmp_
     assert current(engine) == head()
     with make_sessionmaker(engine)() as s:
         assert repo.get_study(s, study_id="k1").name == "kept"
+
+
+def test_a_running_study_whose_driver_went_silent_is_failed_and_its_trials_reaped(url, tmp_path):
+    from datetime import timedelta
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from service.api import create_app
+    from service.db import Study, utcnow
+    from service.settings import Settings
+
+    app = create_app(Settings(database_url=url, data_dir=tmp_path, driver_timeout_s=60))
+    with app.state.sessions() as s:
+        for study_id, beat in (("silent", utcnow() - timedelta(seconds=600)), ("alive", utcnow())):
+            repo.create_study(s, name=study_id, spec={}, study_id=study_id)
+            repo.set_status(s, study_id=study_id, status=StudyStatus.running)
+            s.execute(update(Study).where(Study.id == study_id).values(heartbeat_at=beat))
+            s.commit()
+            optuna.create_study(study_name=f"transched-{study_id}", storage=app.state.storage).ask()
+    client = TestClient(app)  # no lifespan: no cluster, so the jobs' fate is unknown
+    silent = client.get("/studies/silent").json()
+    assert silent["status"] == "failed" and "no heartbeat" in silent["error"]
+    assert silent["trial_counts"] == {"FAIL": 1}
+    alive = client.get("/studies/alive").json()
+    assert alive["status"] == "running" and alive["trial_counts"] == {"RUNNING": 1}
