@@ -234,7 +234,8 @@ def _routes(app: FastAPI) -> None:
                 session, study_id=study_id, status=StudyStatus.failed, error=f"submission failed: {exc}"
             )
             raise HTTPException(
-                status.HTTP_503_SERVICE_UNAVAILABLE, f"could not submit to Ray: {exc}"
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"could not submit study {study_id} to Ray (it is kept, as failed): {exc}",
             ) from exc
         repo.set_job(session, study_id=study_id, ray_job_id=job_id)
         return StudyCreated(
