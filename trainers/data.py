@@ -99,6 +99,9 @@ class TransferData:
     # test split when `test_split == "official"`). For provenance, and to check that nothing leaks.
     indices: dict[str, np.ndarray] = field(default_factory=dict)
     test_split: str = "official"  # "official", or "train" when carved out of the training split
+    # The dataset's own class labels behind the re-indexed labels 0..k-1 (position i holds label i's class).
+    source_class_ids: list[int] = field(default_factory=list)
+    target_class_ids: list[int] = field(default_factory=list)
 
     @property
     def in_channels(self) -> int:
@@ -141,6 +144,8 @@ class TransferData:
             source_loaded=self.source_loaded,
             indices=self.indices,
             test_split=self.test_split,
+            source_class_ids=self.source_class_ids,
+            target_class_ids=self.target_class_ids,
         )
 
 
@@ -292,6 +297,8 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
             "test": test_idx,
         },
         test_split="official" if t_raw.test_x is not None else "train",
+        source_class_ids=[int(c) for c in s_classes],
+        target_class_ids=[int(c) for c in t_classes],
     )
     logger.info(
         "data: target %s, source %s; images %dx%dx%d; %s",

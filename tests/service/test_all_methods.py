@@ -67,6 +67,9 @@ def test_trials_carry_their_method_params_and_findings(trials):
     xmixup = next(t for t in trials if t["params"]["method"] == "xmixup")
     pairing = xmixup["info"]["xmixup_pairing"]["target_to_source"]
     assert len(pairing) == 5 and len(set(pairing.values())) == 5  # one-to-one over the 5 target classes
+    # ... and in the dataset's own labels: digits 5-9 (target) fed by digits 0-4 (source)
+    by_label = xmixup["info"]["xmixup_pairing"]["target_class_to_source_class"]
+    assert set(by_label) == {"5", "6", "7", "8", "9"} and set(by_label.values()) == {0, 1, 2, 3, 4}
     assert "mixup_alpha" in xmixup["params"]
     scheduled = next(t for t in trials if _arm(t["params"]) == "mixup+schedule")
     assert {"t0", "tau", "alpha", "mixup_alpha"} <= set(scheduled["params"])

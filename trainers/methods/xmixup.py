@@ -97,6 +97,7 @@ class XMixup(Method):
         c_s = class_centroids(f_s, data.source_y, data.n_source_classes)
         self.similarity = cosine_similarity_matrix(c_t, c_s).cpu()
         self.pairing = greedy_pairing(self.similarity)
+        self.class_ids = (getattr(data, "target_class_ids", []), getattr(data, "source_class_ids", []))
         self.pair_of = torch.tensor(
             [self.pairing[t] for t in range(data.n_target_classes)], device=ctx.device
         )
@@ -127,9 +128,12 @@ class XMixup(Method):
         return loss, {"mix_lambda": float(lam_np.mean())}
 
     def result_info(self) -> dict[str, Any]:
-        return {
-            "xmixup_pairing": {
-                "target_to_source": {str(t): s for t, s in self.pairing.items()},
-                "similarity": {str(t): float(self.similarity[t, s]) for t, s in self.pairing.items()},
-            }
+        info = {
+            "target_to_source": {str(t): s for t, s in self.pairing.items()},
+            "similarity": {str(t): float(self.similarity[t, s]) for t, s in self.pairing.items()},
         }
+        t_ids, s_ids = self.class_ids
+        if len(t_ids) == len(self.pairing) and s_ids:
+            # The same pairing in the datasets' own class labels (the above is in re-indexed labels).
+            info["target_class_to_source_class"] = {str(t_ids[t]): s_ids[s] for t, s in self.pairing.items()}
+        return {"xmixup_pairing": info}
