@@ -38,7 +38,6 @@ class RayCluster:
     """A handle on the cluster the studies run on."""
 
     dashboard_url: str  # http://host:port of the dashboard / job API
-    gcs_address: str | None
     local: bool  # started by us on this machine (drivers can use this interpreter)
     pid: int | None = None
     token_path: Path | None = None
@@ -170,9 +169,7 @@ def local_head(settings: Settings) -> RayCluster | None:
     token = use_token_auth(_state_dir(settings))
     if not _alive(state["pid"]) or not _dashboard_up(state["dashboard_url"], token):
         return None
-    return RayCluster(
-        state["dashboard_url"], state["gcs_address"], local=True, pid=state["pid"], token_path=token
-    )
+    return RayCluster(state["dashboard_url"], local=True, pid=state["pid"], token_path=token)
 
 
 def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayCluster:
@@ -216,7 +213,7 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
     state = {"pid": proc.pid, "dashboard_url": url, "gcs_address": f"127.0.0.1:{port}"}
     (state_dir / "head.json").write_text(json.dumps(state))
     logger.info("local Ray head up: dashboard %s, GCS %s", url, state["gcs_address"])
-    return RayCluster(url, state["gcs_address"], local=True, pid=proc.pid, token_path=token)
+    return RayCluster(url, local=True, pid=proc.pid, token_path=token)
 
 
 def stop_pid(pid: int, *, timeout_s: float = 40.0) -> None:
@@ -255,7 +252,6 @@ def connect(settings: Settings) -> RayCluster:
         token = settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None
         return RayCluster(
             url.rstrip("/"),
-            settings.ray_address,
             local=False,
             token_path=settings.ray_auth_token_path,
             token=token,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -397,9 +396,6 @@ class TransferNet(nn.Module):
         feats = self.backbone(torch.cat([x_target, x_source]))
         n = len(x_target)
         return self.head("target")(feats[:n]), self.head("source")(feats[n:])
-
-    def domain_bn_modules(self) -> Iterator[DomainBatchNorm2d]:
-        return iter(self._domain_bns)
 
 
 def _domain_index(domain: str) -> int:

@@ -35,3 +35,16 @@ def test_the_trainable_merges_fixed_fields_and_sampled_params_once():
 
     config = merge_config({"epochs": 3, "t0": 0.0}, {"method": "finetune", "t0": 0.2}, cpus_per_trial=2)
     assert (config.method, config.t0, config.epochs, config.num_threads) == ("finetune", 0.2, 3, 2)
+
+
+def test_with_ray_address_the_service_uses_that_cluster_and_starts_nothing(tmp_path):
+    from service.ray_cluster import connect
+    from service.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, RAY_ADDRESS="10.1.2.3:6380", RAY_AUTH_TOKEN="tok")
+    cluster = connect(settings)
+    assert (cluster.dashboard_url, cluster.local) == ("http://10.1.2.3:8265", False)
+    assert cluster.headers == {"Authorization": "Bearer tok"}
+    assert not (tmp_path / "ray").exists()
+    explicit = Settings(data_dir=tmp_path, RAY_ADDRESS="ray://h:10001", ray_dashboard_url="http://d:9000/")
+    assert connect(explicit).dashboard_url == "http://d:9000"

@@ -98,9 +98,6 @@ class XMixup(Method):
         self.similarity = cosine_similarity_matrix(c_t, c_s).cpu()
         self.pairing = greedy_pairing(self.similarity)
         self.class_ids = (getattr(data, "target_class_ids", []), getattr(data, "source_class_ids", []))
-        self.pair_of = torch.tensor(
-            [self.pairing[t] for t in range(data.n_target_classes)], device=ctx.device
-        )
         # Source sample indices per source class, for the per-sample draws of eq. 3.
         src_y = data.source_y.cpu()
         self.by_class = {s: torch.nonzero(src_y == s).flatten() for s in set(self.pairing.values())}
