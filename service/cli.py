@@ -295,6 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args, settings)
     except httpx.ConnectError as exc:
         raise SystemExit(f"cannot reach the transched API at {_api(args, settings)}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"error: {args.file} is not valid JSON: {exc}") from None
+    except (FileNotFoundError, ValueError) as exc:
+        # A missing spec/config file, a missing dataset or weights (their messages say how to provide
+        # them), an invalid trainer config: the message is the answer, a traceback would hide it.
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

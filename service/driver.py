@@ -9,6 +9,7 @@ fails any Optuna trial still RUNNING (Optuna's heartbeat does not run under ask-
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from functools import partial
@@ -111,6 +112,20 @@ class StopWhenAsked(Stopper):
         return self._stop
 
 
+def error_summary(error: BaseException | str, limit: int = 2000) -> str:
+    """The exception a trial died of, without Ray's remote tracebacks around it: from the last line that
+    names an exception ("trainers.data.DatasetNotFoundError: dataset 'cifar10' not found ...") to the end,
+    its message may span lines, with the module path dropped."""
+    text = str(error).strip()
+    heads = list(
+        re.finditer(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Interrupt|Exit)): ", text, re.M)
+    )
+    if heads:
+        last = heads[-1]
+        text = f"{last.group(1)}: {text[last.end() :]}".strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run_study(study_id: str, settings: Settings) -> StudyStatus:
     import optuna
     import ray
@@ -205,7 +220,9 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
                 final = StudyStatus.failed
             else:
                 final = StudyStatus.completed
-        message = f"{len(errors)} of {len(results)} trials failed: {errors[0]}" if errors else None
+        message = (
+            f"{len(errors)} of {len(results)} trials failed: {error_summary(errors[0])}" if errors else None
+        )
         logger.info("study %s %s (%d trials, %d errors)", study_id, final.value, len(results), len(errors))
         return final
     except BaseException as exc:

@@ -90,13 +90,15 @@ def load_optuna_study(storage: optuna.storages.BaseStorage, *, name: str) -> opt
 def reap_running_trials(storage: optuna.storages.BaseStorage, *, name: str) -> int:
     """Mark RUNNING trials FAIL. Optuna's heartbeat does not run under ask-and-tell (OptunaSearch),
     so trials of a driver that ended or died would stay RUNNING forever otherwise."""
-    study = load_optuna_study(storage, name=name)
-    if study is None:
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:  # the driver never created it
         return 0
     n = 0
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for t in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         try:
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
             n += 1
         except RuntimeError:  # finished between our read and write
             pass

@@ -48,3 +48,47 @@ def test_with_ray_address_the_service_uses_that_cluster_and_starts_nothing(tmp_p
     assert not (tmp_path / "ray").exists()
     explicit = Settings(data_dir=tmp_path, RAY_ADDRESS="ray://h:10001", ray_dashboard_url="http://d:9000/")
     assert connect(explicit).dashboard_url == "http://d:9000"
+
+
+def test_error_summary_keeps_the_exception_and_its_whole_message_and_drops_rays_tracebacks():
+    from service.driver import error_summary
+
+    ray_text = (
+        "Failure # 1 (occurred at 2026-11-22_05-00-00)\n"
+        "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n"
+        "Traceback (most recent call last):\n"
+        '  File "/x/trainers/data.py", line 1, in load\n'
+        "    raise _not_found(name, root) from exc\n"
+        "trainers.data.DatasetNotFoundError: dataset 'cifar10' not found in /d. To provide it, run\n"
+        '    python -c "..."\n'
+        "and copy what it writes into /d."
+    )
+    assert error_summary(ray_text) == (
+        "DatasetNotFoundError: dataset 'cifar10' not found in /d. To provide it, run\n"
+        '    python -c "..."\n'
+        "and copy what it writes into /d."
+    )
+    assert error_summary("no exception named here") == "no exception named here"
+    assert len(error_summary("ValueError: " + "x" * 5000)) == 2000
+
+
+def test_cli_errors_are_one_clear_line_not_a_traceback(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    def run(*args):
+        out = subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True)
+        return out.returncode, out.stdout + out.stderr
+
+    (tmp_path / "best.json").write_text(
+        json.dumps({"config": {"target": "cifar10", "data_dir": str(tmp_path)}})
+    )
+    code, text = run("train", str(tmp_path / "best.json"))
+    assert code != 0 and "Traceback" not in text
+    assert "dataset 'cifar10' not found" in text and str(tmp_path) in text and "download=True" in text
+    code, text = run("submit", str(tmp_path / "missing.json"))
+    assert code != 0 and "Traceback" not in text and "missing.json" in text
+    (tmp_path / "broken.json").write_text("{x")
+    code, text = run("submit", str(tmp_path / "broken.json"))
+    assert code != 0 and "Traceback" not in text and "not valid JSON" in text

@@ -204,3 +204,26 @@ def test_a_study_asking_for_gpus_on_a_cluster_without_any_is_rejected_and_not_st
     assert resp.status_code == 422
     assert "gpus_per_trial=0.5" in resp.json()["detail"] and "0 GPU" in resp.json()["detail"]
     assert httpx.get(f"{server['api']}/studies", timeout=30).json()["total"] == before
+
+
+def test_a_study_whose_data_is_missing_fails_with_the_datasets_message_not_a_traceback(server, finished):
+    spec = {
+        "name": "e2e-no-data",
+        "trainer": {"source": "cifar100", "target": "cifar10", "backbone": "resnet20", "data_dir": "nowhere"},
+        "methods": ["target"],
+        "n_trials": 2,
+        "max_concurrent_trials": 2,
+        "max_retries": 0,
+    }
+    api = server["api"]
+    created = httpx.post(f"{api}/studies", json=spec, timeout=60).json()
+    deadline = time.monotonic() + 180
+    while (study := httpx.get(f"{api}/studies/{created['id']}", timeout=30).json())["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, study
+        time.sleep(0.5)
+    assert study["status"] == "failed"
+    assert study["trial_counts"] == {"FAIL": 2}
+    error = study["error"]
+    assert error.startswith("2 of 2 trials failed: DatasetNotFoundError: dataset 'cifar10' not found"), error
+    assert str(server["data_dir"] / "nowhere") in error  # the folder looked in, made absolute at submission
+    assert "Traceback" not in error and 'File "' not in error
