@@ -1,6 +1,6 @@
 """Short training runs covering every method, and their exact results (the bit-identical check of issue 7).
 
-`python -m tests.trainers.golden_runs` trains every config of `CONFIGS` and writes, per config, the full
+`python -m tests.trainers.golden_runs [NAME ...]` trains every config (or the named ones) of `CONFIGS` and writes, per config, the full
 per-epoch history, the test accuracy and a sha256 of the final state_dict to `golden_runs.json`; the
 test (test_golden_runs.py) re-trains them with the current code and compares exactly. Regenerate only
 on purpose (a change that is meant to change results), never to make the test pass.
@@ -82,8 +82,10 @@ def run(name: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    """All configs, or only the names given (merged into the existing file, e.g. a new method's)."""
     names = sys.argv[1:] or list(CONFIGS)
-    golden = {name: run(name) for name in names}
+    golden = json.loads(GOLDEN.read_text()) if sys.argv[1:] and GOLDEN.exists() else {}
+    golden |= {name: run(name) for name in names}
     GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True, allow_nan=False) + "\n")
     print(f"wrote {len(golden)} runs to {GOLDEN}")
 
