@@ -1,9 +1,10 @@
 """Short training runs covering every method, and their exact results (the bit-identical check of issue 7).
 
-`python -m tests.trainers.golden_runs [NAME ...]` trains every config (or the named ones) of `CONFIGS` and writes, per config, the full
-per-epoch history, the test accuracy and a sha256 of the final state_dict to `golden_runs.json`; the
-test (test_golden_runs.py) re-trains them with the current code and compares exactly. Regenerate only
-on purpose (a change that is meant to change results), never to make the test pass.
+`python -m tests.trainers.golden_runs [NAME ...]` trains every config of `CONFIGS` (or the named ones)
+and writes, per config, the full per-epoch history, the test accuracy and a sha256 of the final
+state_dict to `golden_runs.json`; the test (test_golden_runs.py) re-trains them with the current code
+and compares exactly. Regenerate only on purpose (a change that is meant to change results), never to
+make the test pass.
 """
 
 from __future__ import annotations
