@@ -2,12 +2,12 @@
 
 A space is a plain function ``space(trial) -> dict`` that only calls ``trial.suggest_*``; the keys it
 returns are `trainers.TrainConfig` field names, so sampled params merge into the config unrenamed.
+Each method's default ranges are facts of the method (trainers/methods/, the registry).
 """
 
-from search_spaces.methods import METHOD_DEFAULTS
+from search_spaces.methods import DEFAULTS, METHOD_DEFAULTS, method_defaults, to_param
 from search_spaces.params import Param, resolve
-from search_spaces.schedule import (
-    DEFAULTS,
+from search_spaces.space import (
     METHOD_SPACE_PARAMS,
     arm_defaults,
     arm_name,
@@ -24,7 +24,9 @@ __all__ = [
     "arm_defaults",
     "arm_name",
     "build_space",
+    "method_defaults",
     "method_space",
     "parse_arm",
     "resolve",
+    "to_param",
 ]

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from search_spaces import Param, arm_defaults, arm_name, method_space
-from trainers.config import METHODS, MIXUP_METHODS, TrainConfig
+from trainers.config import TrainConfig
+from trainers.methods import method_class, method_names
 
 METRIC = "best_val_acc"  # the trial's objective: best target validation accuracy so far (early stopping)
 
@@ -35,36 +36,24 @@ class _MethodBase(BaseModel):
         return method_space(self.method, self.overrides(), schedule=getattr(self, "schedule", False))
 
 
-METHOD_DOCS = {
-    "target": "Train on the target only (lambda = 1). Nothing to search.",
-    "finetune": "Pre-train on the source, then fine-tune from T/2 + t0 on (paper 002, eq. 5).",
-    "multitask": "Fixed-weight multi-task learning, lambda = (1 + e^alpha)^-1 (paper 002, eq. 6).",
-    "smooth": "Smooth Transfer Learning, the sigmoid schedule of paper 002, eq. 4.",
-    "source_finetune": "Plain fine-tuning of the (cached) source-pretrained backbone.",
-    "mixup": "Input mixup, lambda ~ Beta(alpha, alpha).",
-    "kmixup": "K-point mixup with Dirichlet weights (paper 003).",
-    "cutmix": "CutMix (AutoMix paper's baseline).",
-    "ict": "Interpolation consistency training with a mean teacher (paper 003).",
-    "xmixup": "Cross-domain mixup with paired source classes (paper 001).",
-    "smile": "SMILE: mixup with feature and source-head regularizers from a mean teacher (paper 000).",
-    "automix": "AutoMix: a learned Mix Block generates the mixing mask (paper 004).",
-}
-
-
 def _method_model(method: str) -> type[_MethodBase]:
     """One member of the tagged union: `method`, an optional override per searchable param and, for a
-    mixup-family method, `schedule` (compose with the sigmoid schedule: t0, tau, alpha join its space)."""
-    composable = method in MIXUP_METHODS
-    params = list(arm_defaults(method, schedule=composable))
+    composable (mixup-family) method, `schedule` (compose with the sigmoid schedule: t0, tau, alpha
+    join its space). The doc is the method class's one-line `doc`."""
+    cls = method_class(method)
+    params = list(arm_defaults(method, schedule=cls.composable))
     fields: dict[str, Any] = {"method": (Literal[method], method)}
     fields |= {name: (Param | None, None) for name in params}
-    if composable:
+    if cls.composable:
         fields["schedule"] = (bool, Field(default=False, description="add the sigmoid loss-weight schedule"))
     camel = "".join(part.title() for part in method.split("_"))
-    return create_model(f"{camel}Method", __base__=_MethodBase, __doc__=METHOD_DOCS[method], **fields)
+    return create_model(f"{camel}Method", __base__=_MethodBase, __doc__=cls.doc, **fields)
 
 
-METHOD_MODELS = {m: _method_model(m) for m in METHODS}
+# Built when this module is imported, from the method registry as it is then (a method registered
+# before the service is imported is part of the REST schema).
+METHOD_DOCS = {m: method_class(m).doc for m in method_names()}
+METHOD_MODELS = {m: _method_model(m) for m in method_names()}
 MethodSpec = Annotated[Union[tuple(METHOD_MODELS.values())], Field(discriminator="method")]  # noqa: UP007
 
 

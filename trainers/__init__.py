@@ -1,6 +1,7 @@
 """Trainers: one training run from a `TrainConfig`: Smooth Transfer Learning (and its special cases) and
 the mixup family of issue 3 (trainers/methods/: mixup, kmixup, cutmix, ict, xmixup, smile, automix,
-source_finetune), with the pretrained-source cache (pretrain.py) and linearity diagnostics.
+source_finetune), with the pretrained-source cache (pretrain.py) and linearity diagnostics. Every method
+is a class in the registry `trainers.methods.REGISTRY`, from which the rest is derived.
 
     from trainers import TrainConfig, train
     result = train(TrainConfig(method="smooth", t0=0.1, tau=0.05), report=print_metrics)
@@ -24,7 +25,7 @@ from .config import (
 )
 from .data import DatasetNotFoundError, TransferData, load_transfer_data
 from .loop import REPORT_KEYS, TrainResult, load_model, train
-from .methods import METHOD_REPORT_KEYS
+from .methods import METHOD_REPORT_KEYS, REGISTRY, method_class, method_names, register
 from .models import PretrainedWeightsNotFoundError, TransferNet
 
 __all__ = [
@@ -39,6 +40,10 @@ __all__ = [
     "SCHEDULE_PARAMS",
     "METHOD_PARAMS",
     "METHOD_REPORT_KEYS",
+    "REGISTRY",
+    "method_class",
+    "method_names",
+    "register",
     "schedule_params",
     "BACKBONES",
     "DATASETS",

@@ -10,42 +10,18 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
-Method = Literal[
-    # the schedule family of Smooth Transfer Learning (paper 002)
-    "target",
-    "finetune",
-    "multitask",
-    "smooth",
-    # issue 3: the mixup family, each a module of trainers/methods/
-    "source_finetune",
-    "mixup",
-    "kmixup",
-    "cutmix",
-    "ict",
-    "xmixup",
-    "smile",
-    "automix",
-]
+from .methods import SCHEDULE_PARAMS, method_class, method_names
+
 Init = Literal["auto", "scratch", "source_pretrained", "checkpoint", "imagenet"]
 Dataset = Literal["digits", "synthetic", "cifar10", "cifar100", "svhn", "mnist", "imagefolder"]
 Backbone = Literal["small_cnn", "resnet20", "wrn10_2", "resnet18", "resnet50"]
-METHODS: tuple[str, ...] = get_args(Method)
-SCHEDULE_METHODS: tuple[str, ...] = ("target", "finetune", "multitask", "smooth")
-MIXUP_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in SCHEDULE_METHODS)
 INITS: tuple[str, ...] = get_args(Init)
-# Methods that start from the source-pretrained backbone when init == "auto" (XMixup, SMILE and AutoMix
-# fine-tune a pretrained model in their papers; source_finetune is plain fine-tuning of it).
-SOURCE_PRETRAINED_BY_DEFAULT: tuple[str, ...] = ("source_finetune", "xmixup", "smile", "automix")
-# Mixup concentration used when `mixup_alpha` is None: the paper default of each method.
-PAPER_MIXUP_ALPHA: dict[str, float] = {
-    "mixup": 1.0,  # AutoMix paper (004) A.1: Mixup alpha = 1 on CIFAR and the fine-grained sets
-    "cutmix": 1.0,  # AutoMix paper (004) A.1: CutMix alpha = 1 on the fine-grained (transfer) sets
-    "kmixup": 0.5,  # paper 003 sec. 3: Dirichlet alpha 0.5 (CIFAR), 0.1 (SVHN)
-    "ict": 0.5,  # paper 003 sec. 3
-    "xmixup": 1.0,  # paper 001 sec. 5.3: alpha in 2^0 .. 2^6 "generally safe"; beta fixed to 1
-    "smile": 0.2,  # paper 000 gives none; the official code's default (PaddlePaddle/Research CV/SMILE)
-    "automix": 2.0,  # paper 004 sec. 4.5: alpha = 2 for all experiments
-}
+# The methods are the registry's (trainers/methods/); these names are snapshots of the built-in ones,
+# kept for readers of the grouping: the schedule family is the non-composable methods, the mixup family
+# the methods `schedule=True` composes with the sigmoid schedule.
+METHODS: tuple[str, ...] = method_names()
+SCHEDULE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if not method_class(m).composable)
+MIXUP_METHODS: tuple[str, ...] = tuple(m for m in METHODS if method_class(m).composable)
 DATASETS: tuple[str, ...] = get_args(Dataset)
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 
@@ -57,8 +33,9 @@ class TrainConfig:
 
     # --- method and its schedule (Smooth Transfer Learning, eq. 4) -------------------------------
     # target: lambda = 1 (no source); finetune: step at T/2 + t0 (eq. 5);
-    # multitask: constant (1 + e^alpha)^-1 (eq. 6); smooth: the sigmoid of eq. 4.
-    method: Method = "smooth"
+    # multitask: constant (1 + e^alpha)^-1 (eq. 6); smooth: the sigmoid of eq. 4. Any name of the
+    # method registry (trainers.methods.REGISTRY) is valid.
+    method: str = "smooth"
     # t0 and tau are in units of the total number of iterations T (t0 = 0.1 means 0.1 * T
     # iterations), so one search range fits every dataset size and epoch budget.
     t0: float = 0.0
@@ -73,7 +50,7 @@ class TrainConfig:
     # --- mixup family (issue 3; trainers/methods/) -------------------------------------------------
     # Beta/Dirichlet concentration of every mixup method: mixup/cutmix/smile/automix Beta(a, a),
     # kmixup/ict Dirichlet(a * 1_K), xmixup Beta(a, 1). None: the method's paper default
-    # (PAPER_MIXUP_ALPHA).
+    # (its class's `mixup_alpha`).
     mixup_alpha: float | None = None
     k_points: int = 2  # K of K-point mixup (kmixup) and of ICT's unsupervised mix (paper 003); K >= 2
     # Mean-teacher EMA momentum: ICT and SMILE teachers (theta_T <- d theta_T + (1 - d) theta_S); AutoMix's
@@ -93,7 +70,8 @@ class TrainConfig:
     automix_mask_weight: float = 0.1  # AutoMix: initial gamma of eq. 7, decreased linearly to 0 (paper)
 
     # --- initialisation --------------------------------------------------------------------------
-    # auto: source_pretrained for source_finetune/xmixup/smile/automix, scratch otherwise;
+    # auto: the method's class's `init` (source_pretrained for source_finetune/xmixup/smile/automix,
+    # scratch otherwise);
     # source_pretrained: backbone + source head pretrained on the source (cached in artifact_dir);
     # checkpoint: init_checkpoint; imagenet: torchvision ImageNet weights on disk (resnet18/50).
     init: Init = "auto"
@@ -147,7 +125,7 @@ class TrainConfig:
                 problems.append(message)
 
         choices = {
-            "method": METHODS,
+            "method": method_names(),
             "source": DATASETS,
             "target": DATASETS,
             "backbone": BACKBONES,
@@ -162,11 +140,12 @@ class TrainConfig:
                 "unlabeled must be None or a dataset name other than imagefolder",
             )
         need(self.tau > 0, "tau must be > 0")
-        need(
-            not (self.schedule and self.method in SCHEDULE_METHODS),
-            "schedule=True composes a mixup-family method with the schedule; the schedule family "
-            f"({', '.join(SCHEDULE_METHODS)}) is the schedule already",
-        )
+        if self.schedule and self.method in method_names() and not method_class(self.method).composable:
+            family = ", ".join(m for m in method_names() if not method_class(m).composable)
+            problems.append(
+                "schedule=True composes a mixup-family method with the schedule; the schedule family "
+                f"({family}) is the schedule already"
+            )
         need(self.mixup_alpha is None or self.mixup_alpha > 0, "mixup_alpha must be > 0 (or None)")
         need(self.k_points >= 2, "k_points must be >= 2")
         need(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
@@ -220,13 +199,13 @@ class TrainConfig:
             return self.init
         if self.pretrained:
             return "imagenet"
-        return "source_pretrained" if self.method in SOURCE_PRETRAINED_BY_DEFAULT else "scratch"
+        return method_class(self.method).init
 
     @property
     def resolved_mixup_alpha(self) -> float:
         if self.mixup_alpha is not None:
             return float(self.mixup_alpha)
-        return PAPER_MIXUP_ALPHA.get(self.method, 1.0)
+        return float(method_class(self.method).mixup_alpha)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -243,23 +222,14 @@ def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-# The parameters each method's schedule reads; the others are ignored by that method. A mixup-family
-# method reads no schedule parameter unless `schedule=True`, when it reads SCHEDULE_PARAMS.
-SCHEDULE_PARAMS: tuple[str, ...] = ("t0", "tau", "alpha")
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {
-    "target": (),
-    "finetune": ("t0",),
-    "multitask": ("alpha",),
-    "smooth": SCHEDULE_PARAMS,
-    **{m: () for m in MIXUP_METHODS},
-}
+# The parameters each built-in method's own schedule reads (a snapshot, see METHODS); a composable
+# method reads none unless `schedule=True`, when it reads SCHEDULE_PARAMS.
+METHOD_PARAMS: dict[str, tuple[str, ...]] = {m: method_class(m).schedule_params(False) for m in METHODS}
 
 
 def schedule_params(method: str, schedule: bool = False) -> tuple[str, ...]:
-    """The schedule parameters a run of `method` reads (with `schedule` on for a mixup method)."""
-    if method in SCHEDULE_METHODS:
-        return METHOD_PARAMS[method]
-    return SCHEDULE_PARAMS if schedule else ()
+    """The schedule parameters (TrainConfig fields) a run of `method` reads, composed or not."""
+    return method_class(method).schedule_params(schedule)
 
 
 __all__ = [
@@ -270,7 +240,6 @@ __all__ = [
     "INITS",
     "METHOD_PARAMS",
     "SCHEDULE_PARAMS",
-    "PAPER_MIXUP_ALPHA",
     "DATASETS",
     "BACKBONES",
     "config_fields",

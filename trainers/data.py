@@ -170,15 +170,13 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
 
     The target splits depend only on the data fields and the seed, never on the method, so that runs of
     different methods with the same seed are evaluated on exactly the same samples. With
-    `load_source=False` (method "target") a source that is a different dataset is not even read.
+    `load_source=False` (a method that never uses the source) a source that is a different dataset is
+    not even read.
     """
     _check_names(config)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xDA7A]))
     channels, size = target_geometry(config)
-
-    target_key = _dataset_key(config.target, config.target_path)
-    source_key = _dataset_key(config.source, config.source_path)
-    same = target_key == source_key
+    same = _dataset_key(config.target, config.target_path) == _dataset_key(config.source, config.source_path)
 
     t_raw = _load_raw(config.target, config.target_path, config, size, "target")
     if same:
@@ -187,68 +185,9 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
         s_raw = _load_raw(config.source, config.source_path, config, size, "source")
     else:
         s_raw = None
-
-    t_classes = _resolve_classes(config.target_classes, config.target, t_raw.n_classes, "target")
-    t_pool = np.flatnonzero(np.isin(t_raw.train_y, t_classes))
-    s_classes: list[int] = []
-    s_pool = np.zeros(0, dtype=np.int64)
-    if same:
-        # Same dataset on both sides: a sample of a class both sides use must land in one pool only,
-        # otherwise target validation/test images could be trained on through the source branch.
-        # Each shared class is halved (seeded); classes only one side uses go to that side whole.
-        # Done regardless of load_source so the target split does not depend on the method.
-        s_classes = _resolve_classes(config.source_classes, config.source, t_raw.n_classes, "source")
-        s_pool = np.flatnonzero(np.isin(t_raw.train_y, s_classes))
-        shared = sorted(set(s_classes) & set(t_classes))
-        if shared:
-            to_source: list[np.ndarray] = []
-            for c in shared:
-                idx = np.flatnonzero(t_raw.train_y == c)
-                idx = idx[rng.permutation(len(idx))]
-                to_source.append(idx[: len(idx) // 2])
-            taken = np.concatenate(to_source)
-            to_target = np.setdiff1d(np.flatnonzero(np.isin(t_raw.train_y, shared)), taken)
-            t_pool = np.setdiff1d(t_pool, taken)
-            s_pool = np.setdiff1d(s_pool, to_target)
-            logger.info(
-                "source and target are both %s with shared classes %s: their samples are split "
-                "between the two sides (no sample is in both)",
-                config.target,
-                shared,
-            )
-    elif s_raw is not None:
-        s_classes = _resolve_classes(config.source_classes, config.source, s_raw.n_classes, "source")
-        s_pool = np.flatnonzero(np.isin(s_raw.train_y, s_classes))
-
-    # --- target test set
-    if t_raw.test_x is not None and t_raw.test_y is not None:
-        test_idx = np.flatnonzero(np.isin(t_raw.test_y, t_classes))
-        test_x_raw, test_y_raw = t_raw.test_x[torch.from_numpy(test_idx)], t_raw.test_y[test_idx]
-    else:
-        if not 0 < config.test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {config.test_fraction}")
-        n_test = round(config.test_fraction * len(t_pool))
-        test_local, rest_local = _stratified_split(t_raw.train_y[t_pool], n_test, rng)
-        test_idx, t_pool = t_pool[test_local], t_pool[rest_local]
-        test_x_raw, test_y_raw = t_raw.train_x[torch.from_numpy(test_idx)], t_raw.train_y[test_idx]
-
-    # --- validation, then the N-sample training subset, both stratified
-    n_val = _count(config.val_size, len(t_pool), "val_size")
-    val_local, rest_local = _stratified_split(t_raw.train_y[t_pool], n_val, rng)
-    val_idx, rest = t_pool[val_local], t_pool[rest_local]
-    if config.n_target is None:
-        train_idx = rest
-    else:
-        if config.n_target < 1:
-            raise ValueError(f"n_target must be >= 1 or None, got {config.n_target}")
-        if config.n_target > len(rest):
-            raise ValueError(
-                f"n_target={config.n_target} but only {len(rest)} {config.target} samples are left for "
-                f"training after holding out validation ({len(val_idx)}) and test samples; lower n_target "
-                "or val_size, or set n_target to None to use them all"
-            )
-        train_local, _ = _stratified_split(t_raw.train_y[rest], config.n_target, rng)
-        train_idx = rest[train_local]
+    t_classes, t_pool, s_classes, s_pool = _class_pools(config, t_raw, s_raw, same, rng)
+    test_idx, test_x_raw, test_y_raw, t_pool = _target_test(config, t_raw, t_classes, t_pool, rng)
+    val_idx, train_idx = _target_val_train(config, t_raw, t_pool, rng)
 
     t_map = _label_map(t_classes)
 
@@ -263,19 +202,7 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
     tr_x, va_x, te_x = ((x - mean) / std for x in (tr_x, va_x, te_x))
 
     data_source = s_raw is not None and load_source
-    if data_source:
-        s_map = _label_map(s_classes)
-        src_x = _to_shape(s_raw.train_x[torch.from_numpy(s_pool)], channels, size)
-        s_mean, s_std = _channel_stats(src_x)
-        src_x = (src_x - s_mean) / s_std
-        src_y = torch.from_numpy(s_map[s_raw.train_y[s_pool]]).long()
-        n_source_classes = len(s_classes)
-    else:
-        src_x = torch.zeros((0, channels, size, size))
-        src_y = torch.zeros(0, dtype=torch.long)
-        # Known without reading the source only when the classes are listed (or it is the same dataset).
-        n_source_classes = len(s_classes) if s_classes else len(config.source_classes or [])
-
+    src_x, src_y, n_source_classes = _source_part(config, s_raw if data_source else None, s_classes, s_pool)
     data = TransferData(
         source_x=src_x.contiguous(),
         source_y=src_y,
@@ -310,6 +237,98 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
         data.sizes(),
     )
     return data
+
+
+def _class_pools(
+    config: TrainConfig, t_raw: _Raw, s_raw: _Raw | None, same: bool, rng: np.random.Generator
+) -> tuple[list[int], np.ndarray, list[int], np.ndarray]:
+    """(target classes, target pool, source classes, source pool): training-set indices of each side."""
+    t_classes = _resolve_classes(config.target_classes, config.target, t_raw.n_classes, "target")
+    t_pool = np.flatnonzero(np.isin(t_raw.train_y, t_classes))
+    s_classes: list[int] = []
+    s_pool = np.zeros(0, dtype=np.int64)
+    if same:
+        # Same dataset on both sides: a sample of a class both sides use must land in one pool only,
+        # otherwise target validation/test images could be trained on through the source branch.
+        # Each shared class is halved (seeded); classes only one side uses go to that side whole.
+        # Done regardless of load_source so the target split does not depend on the method.
+        s_classes = _resolve_classes(config.source_classes, config.source, t_raw.n_classes, "source")
+        s_pool = np.flatnonzero(np.isin(t_raw.train_y, s_classes))
+        shared = sorted(set(s_classes) & set(t_classes))
+        if shared:
+            to_source: list[np.ndarray] = []
+            for c in shared:
+                idx = np.flatnonzero(t_raw.train_y == c)
+                idx = idx[rng.permutation(len(idx))]
+                to_source.append(idx[: len(idx) // 2])
+            taken = np.concatenate(to_source)
+            to_target = np.setdiff1d(np.flatnonzero(np.isin(t_raw.train_y, shared)), taken)
+            t_pool = np.setdiff1d(t_pool, taken)
+            s_pool = np.setdiff1d(s_pool, to_target)
+            logger.info(
+                "source and target are both %s with shared classes %s: their samples are split "
+                "between the two sides (no sample is in both)",
+                config.target,
+                shared,
+            )
+    elif s_raw is not None:
+        s_classes = _resolve_classes(config.source_classes, config.source, s_raw.n_classes, "source")
+        s_pool = np.flatnonzero(np.isin(s_raw.train_y, s_classes))
+    return t_classes, t_pool, s_classes, s_pool
+
+
+def _target_test(
+    config: TrainConfig, t_raw: _Raw, t_classes: list[int], t_pool: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
+    """(test indices, test x, test y, the target pool left for training and validation)."""
+    if t_raw.test_x is not None and t_raw.test_y is not None:
+        test_idx = np.flatnonzero(np.isin(t_raw.test_y, t_classes))
+        return test_idx, t_raw.test_x[torch.from_numpy(test_idx)], t_raw.test_y[test_idx], t_pool
+    if not 0 < config.test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {config.test_fraction}")
+    n_test = round(config.test_fraction * len(t_pool))
+    test_local, rest_local = _stratified_split(t_raw.train_y[t_pool], n_test, rng)
+    test_idx, t_pool = t_pool[test_local], t_pool[rest_local]
+    return test_idx, t_raw.train_x[torch.from_numpy(test_idx)], t_raw.train_y[test_idx], t_pool
+
+
+def _target_val_train(
+    config: TrainConfig, t_raw: _Raw, t_pool: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(validation indices, training indices): validation, then the N-sample subset, both stratified."""
+    n_val = _count(config.val_size, len(t_pool), "val_size")
+    val_local, rest_local = _stratified_split(t_raw.train_y[t_pool], n_val, rng)
+    val_idx, rest = t_pool[val_local], t_pool[rest_local]
+    if config.n_target is None:
+        return val_idx, rest
+    if config.n_target < 1:
+        raise ValueError(f"n_target must be >= 1 or None, got {config.n_target}")
+    if config.n_target > len(rest):
+        raise ValueError(
+            f"n_target={config.n_target} but only {len(rest)} {config.target} samples are left for "
+            f"training after holding out validation ({len(val_idx)}) and test samples; lower n_target "
+            "or val_size, or set n_target to None to use them all"
+        )
+    train_local, _ = _stratified_split(t_raw.train_y[rest], config.n_target, rng)
+    return val_idx, rest[train_local]
+
+
+def _source_part(
+    config: TrainConfig, s_raw: _Raw | None, s_classes: list[int], s_pool: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(source x normalised by its own statistics, labels re-indexed, number of source classes);
+    empty tensors when the source is not loaded."""
+    channels, size = target_geometry(config)
+    if s_raw is None:
+        # Known without reading the source only when the classes are listed (or it is the same dataset).
+        n_source_classes = len(s_classes) if s_classes else len(config.source_classes or [])
+        return torch.zeros((0, channels, size, size)), torch.zeros(0, dtype=torch.long), n_source_classes
+    s_map = _label_map(s_classes)
+    src_x = _to_shape(s_raw.train_x[torch.from_numpy(s_pool)], channels, size)
+    s_mean, s_std = _channel_stats(src_x)
+    src_x = (src_x - s_mean) / s_std
+    src_y = torch.from_numpy(s_map[s_raw.train_y[s_pool]]).long()
+    return src_x, src_y, len(s_classes)
 
 
 def target_geometry(config: TrainConfig) -> tuple[int, int]:

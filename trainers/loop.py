@@ -1,15 +1,20 @@
 """The one training loop: paper eq. 3 with the schedule of eq. 4, updated as eq. 7.
 
 For t = 1..T a target sub-batch B^T and a source sub-batch B^S of `batch_size` samples each are drawn
-uniformly (successive seeded permutations per domain) and
+uniformly (successive seeded permutations per domain, trainers/batches.py) and
 
-    loss(t) = lambda(t) * CE(h^T(g(B^T))) + (1 - lambda(t)) * CE(h^S(g(B^S)))
+    loss(t) = lambda(t) * L_method(B^T, ...) + (1 - lambda(t)) * CE(h^S(g(B^S)))
 
-is minimised by momentum SGD with the learning rate of `schedule.learning_rate`. A branch whose
+is minimised by momentum SGD with the learning rate of `schedule.learning_rate`; lambda(t) is
+`schedule.run_loss_weight` and L_method the method's loss (trainers/methods/). A branch whose
 weight is exactly 0 is not computed at all (its gradient would be zero anyway), so ``target`` never
 touches the source and ``finetune`` only uses one domain per step. After every epoch the target
 validation accuracy is measured and reported; the weights with the best validation accuracy are kept
 (early stopping, appendix A.3) and are the ones tested at the end.
+
+The loop reads as `_setup` (data, model, batches, optimiser), `_train_epoch` (the steps of one epoch
+and its evaluation) and `_finish` (test, diagnostics, the result); what differs between methods is
+asked of the method (what data it needs, its losses), never decided here by its name.
 
 Reproducibility: every random draw comes from a generator seeded from `config.seed` (data splits,
 model init and dropout, the two samplers, augmentation), inside a forked global RNG so that nothing
@@ -34,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from . import schedule
-from .config import SCHEDULE_METHODS, TrainConfig
+from .batches import Batches, Sampler, run_seeds, steps_per_epoch
+from .config import TrainConfig
 from .data import TransferData, load_transfer_data
 from .diagnostics import linearity_diagnostics
 from .methods import Method, StepContext, build_method
@@ -159,74 +165,6 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def uses_source(method: str) -> bool:
-    return method != "target"
-
-
-def steps_per_epoch(config: TrainConfig, n_source: int, n_target_train: int, n_unlabeled: int = 0) -> int:
-    """An epoch is one pass over the larger of the datasets the method draws batches from.
-
-    Schedule family: target and (unless ``target``) source. Mixup family: the target, plus the source
-    when the schedule is composed, plus ICT's unlabeled pool (XMixup's per-sample auxiliary draws and
-    SMILE's source head do not count: they draw no source batches).
-    """
-    if config.steps_per_epoch is not None:
-        return int(config.steps_per_epoch)
-    if config.method in SCHEDULE_METHODS:
-        n = max(n_source, n_target_train) if uses_source(config.method) else n_target_train
-    else:
-        n = max(n_target_train, n_source if config.schedule else 0, n_unlabeled)
-    return max(1, math.ceil(n / config.batch_size))
-
-
-class _Sampler:
-    """Uniform sub-batches: walk through successive seeded permutations, spilling across their edges.
-
-    Every sample is drawn once per pass, as in an epoch-based loader, but sub-batches never shrink
-    and the two domains can have any sizes.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if n < 1:
-            raise ValueError("cannot sample from an empty dataset")
-        self.n, self.batch_size = n, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.gen)
-        self.pos = 0
-
-    def next(self) -> torch.Tensor:
-        parts, need = [], self.batch_size
-        while need > 0:
-            if self.pos == self.n:
-                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
-            take = min(need, self.n - self.pos)
-            parts.append(self.perm[self.pos : self.pos + take])
-            self.pos += take
-            need -= take
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def augment_batch(x: torch.Tensor, hflip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to size/8 pixels (zero pad + crop), and random horizontal flips.
-
-    Per-sample offsets are drawn on the CPU generator, so the result is the same on every device.
-    """
-    n, c, h, w = x.shape
-    pad = max(1, min(h, w) // 8)
-    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
-    flips = torch.rand(n, generator=gen) < 0.5 if hflip else None
-    padded = F.pad(x, (pad, pad, pad, pad))
-    offsets = offsets.to(x.device)
-    rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-    cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-    chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    out = padded[batch, chans, rows, cols]
-    if flips is not None:
-        out = torch.where(flips.to(x.device).view(n, 1, 1, 1), out.flip(-1), out)
-    return out
-
-
 @torch.inference_mode()
 def evaluate(
     model: TransferNet, x: torch.Tensor, y: torch.Tensor, domain: str = "target"
@@ -245,20 +183,9 @@ def evaluate(
     return correct / n, loss_sum / n
 
 
-def _finite(value: float) -> float | None:
+def _finite(value: float | None) -> float | None:
     """JSON has no NaN/inf: a diverged value is reported as None."""
-    return value if math.isfinite(value) else None
-
-
-def _seeds(seed: int) -> dict[str, int]:
-    """Independent seeds per purpose, so e.g. turning augmentation on does not change the batches."""
-    # New names go at the end: SeedSequence children keep their seeds when more are spawned.
-    names = ("init", "target_sampler", "source_sampler", "augment", "method", "unlabeled")
-    children = np.random.SeedSequence([seed, 0x7EA1]).spawn(len(names))
-    return {
-        name: int(child.generate_state(1, dtype=np.uint64)[0] >> 1)
-        for name, child in zip(names, children, strict=True)
-    }
+    return value if value is None or math.isfinite(value) else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -269,8 +196,8 @@ def train(
 ) -> TrainResult:
     """Train one model of `config`, calling `report(metrics)` after each epoch; see the module doc.
 
-    `report` receives a JSON-able dict with exactly the keys of `REPORT_KEYS`. An exception it raises
-    (e.g. a tuner stopping the trial) propagates and ends training.
+    `report` receives a JSON-able dict with exactly the keys of `REPORT_KEYS` followed by the method's
+    `report_keys`. An exception it raises (e.g. a tuner stopping the trial) propagates and ends training.
     """
     # TrainConfig validates itself in __post_init__; replace() re-runs it on an instance the caller may
     # have mutated, and gives the result its own copy.
@@ -293,59 +220,93 @@ def train(
             torch.set_num_threads(previous_threads)
 
 
-def _uses_source(config: TrainConfig, method: Method) -> bool:
-    """Whether the run loads the source set (for batches, pairing, pretraining or the source head)."""
-    if config.method in SCHEDULE_METHODS:
-        return uses_source(config.method)
-    return (
-        config.schedule
-        or method.uses_source_data
-        or method.needs_source_head
-        or config.resolved_init == "source_pretrained"
-        or (config.method == "ict" and config.unlabeled is None)
-    )
+@dataclass
+class _Run:
+    """One run between setup and finish: what it trains with, and where its epochs have got to."""
+
+    config: TrainConfig
+    device: torch.device
+    method: Method
+    data: TransferData
+    model: TransferNet
+    ctx: StepContext
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+    total: int  # T, the planned number of steps
+    init_info: dict[str, Any]
+    n_unlabeled: int | None  # size of the method's unlabeled pool, if it has one
+    started: float
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_acc: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    since_best: int = 0
+    diverged: bool = False
+    stopped_early: bool = False
 
 
 def _train(
     config: TrainConfig, report: Callable[[dict[str, Any]], None] | None, device: torch.device
 ) -> TrainResult:
-    started = time.monotonic()
-    seeds = _seeds(config.seed)
-    legacy = config.method in SCHEDULE_METHODS
-    method = build_method(config)
-    with_source = _uses_source(config, method)
-    # Source sub-batches each step: the schedule family's source branch, or a composed schedule.
-    source_batches = uses_source(config.method) if legacy else config.schedule
+    run = _setup(config, device)
+    for epoch in range(1, config.epochs + 1):
+        metrics = _train_epoch(run, epoch)
+        if report is not None:
+            report(dict(metrics))
+        if _should_stop(run, epoch):
+            break
+    return _finish(run)
 
-    data: TransferData = load_transfer_data(config, load_source=with_source)
-    if with_source and len(data.source_y) == 0:
+
+# --- setup -----------------------------------------------------------------------------------------
+
+
+def _setup(config: TrainConfig, device: torch.device) -> _Run:
+    started = time.monotonic()
+    seeds = run_seeds(config.seed)
+    method = build_method(config)
+    data = load_transfer_data(config, load_source=method.loads_source())
+    if method.loads_source() and len(data.source_y) == 0:
         raise ValueError(f"method {config.method!r} needs source samples but the source set is empty")
     data = data.to(device)
-    n_src, n_tgt = len(data.source_y), len(data.target_train_y)
-    unlabeled_x = _unlabeled_pool(config, data, device) if config.method == "ict" else None
-    n_unl = len(unlabeled_x) if unlabeled_x is not None else 0
+    unlabeled_x = _unlabeled_pool(config, data, device) if method.unlabeled_pool else None
 
     # Model init and dropout draw from the global generator (torch offers no other way for them).
     torch.manual_seed(seeds["init"])
-    has_source_head = (
-        source_batches or method.needs_source_head or config.resolved_init == "source_pretrained"
-    )
-    n_source_head = data.n_source_classes if (with_source and has_source_head) else 0
-    model, init_info = initial_model(config, data, n_source_head, device)
+    with_head = method.loads_source() and method.source_head()
+    model, init_info = initial_model(config, data, data.n_source_classes if with_head else 0, device)
     model.train()
-    method_rng = np.random.default_rng(seeds["method"])
-    method_gen = torch.Generator().manual_seed(seeds["method"])
 
-    spe = steps_per_epoch(config, n_src, n_tgt, n_unlabeled=n_unl)
-    total = config.epochs * spe
-    target_sampler = _Sampler(n_tgt, config.batch_size, seeds["target_sampler"])
-    source_sampler = _Sampler(n_src, config.batch_size, seeds["source_sampler"]) if source_batches else None
-    unl_sampler = _Sampler(n_unl, config.batch_size, seeds["unlabeled"]) if unlabeled_x is not None else None
-    aug_gen = torch.Generator().manual_seed(seeds["augment"])
+    ctx = _step_context(config, method, data, model, unlabeled_x, seeds, device)
+    sizes = [len(data.target_train_y), len(data.source_y) if ctx.source is not None else 0]
+    sizes += [len(unlabeled_x)] if unlabeled_x is not None else []
+    spe = steps_per_epoch(config.batch_size, sizes, config.steps_per_epoch)
+    method.setup(ctx)
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if method.parameters():  # parameters the method trains too (AutoMix's Mix Block)
+        groups.append({"params": method.parameters()})
+    optimizer = torch.optim.SGD(
+        groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    run = _Run(
+        config=config,
+        device=device,
+        method=method,
+        data=data,
+        model=model,
+        ctx=ctx,
+        optimizer=optimizer,
+        steps_per_epoch=spe,
+        total=config.epochs * spe,
+        init_info=init_info,
+        n_unlabeled=len(unlabeled_x) if unlabeled_x is not None else None,
+        started=started,
+    )
     logger.info(
         "train %s: %s -> %s, backbone %s (bn %s, init %s) on %s; %d epochs x %d steps = T %d; %s",
         config.method,
-        config.source if with_source else "-",
+        config.source if method.loads_source() else "-",
         config.target,
         config.backbone,
         config.bn,
@@ -353,175 +314,59 @@ def _train(
         device,
         config.epochs,
         spe,
-        total,
+        run.total,
         data.sizes(),
     )
+    return run
 
-    def batch(
-        sampler: _Sampler, x: torch.Tensor, y: torch.Tensor, hflip: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = sampler.next().to(device)
-        xb, yb = x[idx], y[idx]
-        if config.augment:
-            xb = augment_batch(xb, hflip, aug_gen)
-        return xb, yb
 
-    def unlabeled_batch() -> torch.Tensor:
-        assert unl_sampler is not None and unlabeled_x is not None
-        xb = unlabeled_x[unl_sampler.next().to(device)]
-        return augment_batch(xb, False, aug_gen) if config.augment else xb
-
-    ctx = StepContext(
+def _step_context(
+    config: TrainConfig,
+    method: Method,
+    data: TransferData,
+    model: TransferNet,
+    unlabeled_x: torch.Tensor | None,
+    seeds: dict[str, int],
+    device: torch.device,
+) -> StepContext:
+    """The batches a method draws from: the target, the source when it takes source sub-batches, the
+    unlabeled pool when it has one; all augmented by one generator when `augment` is on."""
+    aug = torch.Generator().manual_seed(seeds["augment"]) if config.augment else None
+    bs = config.batch_size
+    target = Batches(
+        Sampler(len(data.target_train_y), bs, seeds["target_sampler"]),
+        data.target_train_x,
+        data.target_train_y,
+        hflip=data.target_hflip,
+        augment_gen=aug,
+    )
+    source = unlabeled = None
+    if method.source_batches():
+        source = Batches(
+            Sampler(len(data.source_y), bs, seeds["source_sampler"]),
+            data.source_x,
+            data.source_y,
+            hflip=data.source_hflip,
+            augment_gen=aug,
+        )
+    if unlabeled_x is not None:
+        unlabeled = Batches(Sampler(len(unlabeled_x), bs, seeds["unlabeled"]), unlabeled_x, augment_gen=aug)
+    return StepContext(
         config=config,
         model=model,
         data=data,
         device=device,
-        rng=method_rng,
-        gen=method_gen,
-        target=lambda: batch(target_sampler, data.target_train_x, data.target_train_y, data.target_hflip),
-        source=(lambda: batch(source_sampler, data.source_x, data.source_y, data.source_hflip))
-        if source_sampler is not None
-        else None,
-        unlabeled=unlabeled_batch if unl_sampler is not None else None,
-    )
-    method.setup(ctx)
-    params: list[dict[str, Any]] = [{"params": list(model.parameters())}]
-    if method.parameters():
-        params.append({"params": method.parameters()})
-    optimizer = torch.optim.SGD(
-        params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-
-    history: list[dict[str, Any]] = []
-    best_acc, best_epoch, best_state = -1.0, 0, None
-    since_best, step, diverged, stopped_early = 0, 0, False, False
-    for epoch in range(1, config.epochs + 1):
-        # Losses are summed as tensors and read once per epoch: no device sync every step.
-        zero = torch.zeros((), device=device)
-        sum_t, sum_s, n_t, n_s = zero, zero, 0, 0
-        extra_sums: dict[str, Any] = {}
-        extra_counts: dict[str, int] = {}
-        lam = lr = 0.0
-        for _ in range(spe):
-            step += 1
-            if legacy:
-                lam = schedule.loss_weight(
-                    config.method, step, total, t0=config.t0, tau=config.tau, alpha=config.alpha
-                )
-            elif config.schedule:  # a mixup-family method composed with the sigmoid schedule of eq. 4
-                lam = schedule.loss_weight(
-                    "smooth", step, total, t0=config.t0, tau=config.tau, alpha=config.alpha
-                )
-            else:
-                lam = 1.0
-            lr = schedule.learning_rate(
-                step, total, peak=config.lr, final=config.final_lr, warmup=config.warmup
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_t, loss_s, step_metrics = method.step_losses(ctx, lam, step, total)
-            if loss_t is not None and loss_s is not None:
-                loss = lam * loss_t + (1.0 - lam) * loss_s
-            else:
-                loss = loss_t if loss_t is not None else loss_s  # a lone branch has weight exactly 1
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            method.after_step(ctx, step, total)
-            if loss_t is not None:
-                sum_t, n_t = sum_t + loss_t.detach(), n_t + 1
-            if loss_s is not None:
-                sum_s, n_s = sum_s + loss_s.detach(), n_s + 1
-            for k, v in step_metrics.items():
-                extra_sums[k] = extra_sums.get(k, 0.0) + v
-                extra_counts[k] = extra_counts.get(k, 0) + 1
-
-        mean_t = float(sum_t) / n_t if n_t else None
-        mean_s = float(sum_s) / n_s if n_s else None
-        if any(v is not None and not math.isfinite(v) for v in (mean_t, mean_s)):
-            diverged = True
-        eval_net = method.eval_model(model)
-        val_acc, val_loss = evaluate(eval_net, data.val_x, data.val_y)
-        if val_acc > best_acc:  # strict: on ties the earlier epoch is kept
-            best_acc, best_epoch, since_best = val_acc, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in eval_net.state_dict().items()}
-        else:
-            since_best += 1
-        metrics = {
-            "epoch": epoch,
-            "step": step,
-            "lr": lr,
-            "lambda": lam,
-            "source_weight": 1.0 - lam,
-            "train_loss_target": _finite(mean_t) if mean_t is not None else None,
-            "train_loss_source": _finite(mean_s) if mean_s is not None else None,
-            "val_acc": val_acc,
-            "val_loss": _finite(val_loss),
-            "best_val_acc": best_acc,
-            "total_steps": total,
-        }
-        for k in method.report_keys:  # method-specific keys (METHOD_REPORT_KEYS), epoch means
-            metrics[k] = _finite(float(extra_sums[k]) / extra_counts[k]) if extra_counts.get(k) else None
-        history.append(metrics)
-        logger.debug("epoch %d/%d %s", epoch, config.epochs, metrics)
-        if report is not None:
-            report(dict(metrics))
-        if diverged:
-            logger.warning(
-                "training loss is not finite at epoch %d; stopping (lr %.3g too high?)", epoch, config.lr
-            )
-            stopped_early = True
-            break
-        if config.patience is not None and since_best >= config.patience:
-            logger.info(
-                "early stop at epoch %d: no better val accuracy for %d epochs", epoch, config.patience
-            )
-            stopped_early = epoch < config.epochs
-            break
-
-    assert best_state is not None  # at least one epoch ran
-    model.load_state_dict(best_state)
-    model.eval()
-    test_acc, test_loss = evaluate(model, data.test_x, data.test_y)
-    linearity = linearity_diagnostics(model, data, seed=config.seed)
-    sizes = data.sizes()
-    if unlabeled_x is not None:
-        sizes["n_unlabeled"] = n_unl
-    wall = time.monotonic() - started
-    logger.info(
-        "done: best val acc %.4f at epoch %d, test acc %.4f (%d steps, %.1fs)",
-        best_acc,
-        best_epoch,
-        test_acc,
-        step,
-        wall,
-    )
-    return TrainResult(
-        config=config,
-        best_val_acc=best_acc,
-        best_epoch=best_epoch,
-        test_acc=test_acc,
-        total_steps=total,
-        history=history,
-        model=model,
-        test_loss=_finite(test_loss),
-        epochs_run=len(history),
-        steps_run=step,
-        stopped_early=stopped_early,
-        diverged=diverged,
-        data_sizes=sizes,
-        in_channels=data.in_channels,
-        image_size=data.image_size,
-        device=str(device),
-        wall_time_s=wall,
-        init_info=init_info,
-        method_info=method.result_info(),
-        linearity=linearity,
+        rng=np.random.default_rng(seeds["method"]),
+        gen=torch.Generator().manual_seed(seeds["method"]),
+        target=target.draw,
+        source=source.draw if source is not None else None,
+        unlabeled=unlabeled.draw if unlabeled is not None else None,
     )
 
 
 def _unlabeled_pool(config: TrainConfig, data: TransferData, device: torch.device) -> torch.Tensor:
-    """ICT's unlabeled images: the source images (default) or the training images of `unlabeled`.
+    """A method's unlabeled images (ICT's): the source images (default) or the training images of
+    `unlabeled`.
 
     A named pool is loaded as the source side of a run with source = `unlabeled` and all its classes, so
     when it is the target dataset the target's train/val/test samples are never part of it.
@@ -529,17 +374,164 @@ def _unlabeled_pool(config: TrainConfig, data: TransferData, device: torch.devic
     if config.unlabeled is None:
         return data.source_x
     pool_config = dataclasses.replace(
-        config,
-        method="target",
-        schedule=False,
-        source=config.unlabeled,
-        source_path=None,
-        source_classes=None,
+        config, schedule=False, source=config.unlabeled, source_path=None, source_classes=None
     )
     pool = load_transfer_data(pool_config, load_source=True)
     if len(pool.source_x) == 0:
         raise ValueError(f"the unlabeled pool {config.unlabeled!r} is empty")
     return pool.source_x.to(device)
+
+
+# --- one epoch -------------------------------------------------------------------------------------
+
+
+class _EpochSums:
+    """Per-epoch sums of the step losses and the method's metrics. Losses are summed as tensors and
+    read once per epoch: no device sync every step."""
+
+    def __init__(self, device: torch.device):
+        zero = torch.zeros((), device=device)
+        self.loss_t, self.loss_s, self.n_t, self.n_s = zero, zero, 0, 0
+        self.extra: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, loss_t: torch.Tensor | None, loss_s: torch.Tensor | None, metrics: dict[str, Any]) -> None:
+        if loss_t is not None:
+            self.loss_t, self.n_t = self.loss_t + loss_t.detach(), self.n_t + 1
+        if loss_s is not None:
+            self.loss_s, self.n_s = self.loss_s + loss_s.detach(), self.n_s + 1
+        for k, v in metrics.items():
+            self.extra[k] = self.extra.get(k, 0.0) + v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> tuple[float | None, float | None]:
+        """(mean target-branch loss, mean source-branch loss); None for a branch never computed."""
+        mean_t = float(self.loss_t) / self.n_t if self.n_t else None
+        mean_s = float(self.loss_s) / self.n_s if self.n_s else None
+        return mean_t, mean_s
+
+    def mean(self, key: str) -> float | None:
+        return _finite(float(self.extra[key]) / self.counts[key]) if self.counts.get(key) else None
+
+
+def _step(run: _Run, lam: float, lr: float, sums: _EpochSums) -> None:
+    """One SGD step on lambda(t) L_method + (1 - lambda(t)) L_source (paper eq. 3 / 7)."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_t, loss_s, step_metrics = run.method.step_losses(run.ctx, lam, run.step, run.total)
+    if loss_t is not None and loss_s is not None:
+        loss = lam * loss_t + (1.0 - lam) * loss_s
+    else:
+        loss = loss_t if loss_t is not None else loss_s  # a lone branch has weight exactly 1
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.method.after_step(run.ctx, run.step, run.total)
+    sums.add(loss_t, loss_s, step_metrics)
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train one epoch, evaluate, keep the best weights; the epoch's metrics (appended to the history)."""
+    config, sums = run.config, _EpochSums(run.device)
+    lam = lr = 0.0
+    for _ in range(run.steps_per_epoch):
+        run.step += 1
+        lam = schedule.run_loss_weight(config, run.step, run.total)
+        lr = schedule.learning_rate(
+            run.step, run.total, peak=config.lr, final=config.final_lr, warmup=config.warmup
+        )
+        _step(run, lam, lr, sums)
+
+    mean_t, mean_s = sums.means()
+    if any(v is not None and not math.isfinite(v) for v in (mean_t, mean_s)):
+        run.diverged = True
+    eval_net = run.method.eval_model(run.model)
+    val_acc, val_loss = evaluate(eval_net, run.data.val_x, run.data.val_y)
+    if val_acc > run.best_acc:  # strict: on ties the earlier epoch is kept
+        run.best_acc, run.best_epoch, run.since_best = val_acc, epoch, 0
+        run.best_state = {k: v.detach().clone() for k, v in eval_net.state_dict().items()}
+    else:
+        run.since_best += 1
+    metrics = {
+        "epoch": epoch,
+        "step": run.step,
+        "lr": lr,
+        "lambda": lam,
+        "source_weight": 1.0 - lam,
+        "train_loss_target": _finite(mean_t),
+        "train_loss_source": _finite(mean_s),
+        "val_acc": val_acc,
+        "val_loss": _finite(val_loss),
+        "best_val_acc": run.best_acc,
+        "total_steps": run.total,
+    }
+    metrics |= {k: sums.mean(k) for k in run.method.report_keys}  # the method's own keys, epoch means
+    run.history.append(metrics)
+    logger.debug("epoch %d/%d %s", epoch, config.epochs, metrics)
+    return metrics
+
+
+def _should_stop(run: _Run, epoch: int) -> bool:
+    """Stop on a diverged loss, or after `patience` epochs without a better val accuracy."""
+    config = run.config
+    if run.diverged:
+        logger.warning(
+            "training loss is not finite at epoch %d; stopping (lr %.3g too high?)", epoch, config.lr
+        )
+        run.stopped_early = True
+        return True
+    if config.patience is not None and run.since_best >= config.patience:
+        logger.info("early stop at epoch %d: no better val accuracy for %d epochs", epoch, config.patience)
+        run.stopped_early = epoch < config.epochs
+        return True
+    return False
+
+
+# --- finish ----------------------------------------------------------------------------------------
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Load the best weights, test them, measure the linearity diagnostics, pack the result."""
+    assert run.best_state is not None  # at least one epoch ran
+    model, data = run.model, run.data
+    model.load_state_dict(run.best_state)
+    model.eval()
+    test_acc, test_loss = evaluate(model, data.test_x, data.test_y)
+    linearity = linearity_diagnostics(model, data, seed=run.config.seed)
+    sizes = data.sizes()
+    if run.n_unlabeled is not None:
+        sizes["n_unlabeled"] = run.n_unlabeled
+    wall = time.monotonic() - run.started
+    logger.info(
+        "done: best val acc %.4f at epoch %d, test acc %.4f (%d steps, %.1fs)",
+        run.best_acc,
+        run.best_epoch,
+        test_acc,
+        run.step,
+        wall,
+    )
+    return TrainResult(
+        config=run.config,
+        best_val_acc=run.best_acc,
+        best_epoch=run.best_epoch,
+        test_acc=test_acc,
+        total_steps=run.total,
+        history=run.history,
+        model=model,
+        test_loss=_finite(test_loss),
+        epochs_run=len(run.history),
+        steps_run=run.step,
+        stopped_early=run.stopped_early,
+        diverged=run.diverged,
+        data_sizes=sizes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        device=str(run.device),
+        wall_time_s=wall,
+        init_info=run.init_info,
+        method_info=run.method.result_info(),
+        linearity=linearity,
+    )
 
 
 __all__ = [
@@ -549,6 +541,4 @@ __all__ = [
     "evaluate",
     "load_model",
     "resolve_device",
-    "steps_per_epoch",
-    "augment_batch",
 ]

@@ -23,7 +23,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -31,12 +30,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import schedule
+from .batches import Batches, DropLastSampler, pretrain_seeds, steps_per_epoch
 from .config import TrainConfig
 from .models import TransferNet, build_backbone
 
@@ -117,9 +116,9 @@ def pretrain_source(config: TrainConfig, data: Any, device: torch.device) -> dic
     """Train g + h^S on the source set; returns CPU state dicts. Seeded; no global RNG state leaks."""
     if len(data.source_y) == 0:
         raise ValueError("source pretraining needs source samples, but the source set is empty")
-    seeds = np.random.SeedSequence([config.seed, 0x50CE]).generate_state(3, dtype=np.uint32)
+    seeds = pretrain_seeds(config.seed)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(int(seeds[0]))
+        torch.manual_seed(seeds["init"])
         backbone = build_backbone(config.backbone, data.in_channels, dropout=config.dropout)
         head = nn.Linear(int(backbone.out_features), int(data.n_source_classes))
         net = nn.Sequential(backbone, head).to(device).train()
@@ -129,23 +128,17 @@ def pretrain_source(config: TrainConfig, data: Any, device: torch.device) -> dic
             momentum=config.momentum,
             weight_decay=config.weight_decay,
         )
-        n = len(data.source_y)
-        spe = max(1, math.ceil(n / config.batch_size))
-        total = config.pretrain_epochs * spe
-        gen = torch.Generator().manual_seed(int(seeds[1]))
-        aug_gen = torch.Generator().manual_seed(int(seeds[2]))
-        perm, pos = torch.randperm(n, generator=gen), 0
+        total = config.pretrain_epochs * steps_per_epoch(config.batch_size, [len(data.source_y)])
+        batches = Batches(
+            DropLastSampler(len(data.source_y), config.batch_size, seeds["sampler"]),
+            data.source_x,
+            data.source_y,
+            hflip=data.source_hflip,
+            augment_gen=torch.Generator().manual_seed(seeds["augment"]) if config.augment else None,
+        )
         final = min(config.final_lr, config.pretrain_lr)
         for step in range(1, total + 1):
-            if pos + config.batch_size > n:
-                perm, pos = torch.randperm(n, generator=gen), 0
-            idx = perm[pos : pos + config.batch_size].to(device)
-            pos += config.batch_size
-            xb, yb = data.source_x[idx], data.source_y[idx]
-            if config.augment:
-                from .loop import augment_batch
-
-                xb = augment_batch(xb, data.source_hflip, aug_gen)
+            xb, yb = batches.draw()
             lr = schedule.learning_rate(
                 step, total, peak=config.pretrain_lr, final=final, warmup=config.warmup
             )

@@ -9,11 +9,19 @@ named methods: ``finetune`` is the tau -> 0 limit (eq. 5, a step at T/2 + t0), `
 tau -> inf limit (eq. 6, the constant (1 + e^alpha)^-1) and ``target`` is lambda = 1 without a source.
 
 The config carries t0 and tau in units of T (see `TrainConfig`); `loss_weight` scales them.
+`run_loss_weight(config, t, T)` is lambda(t) of any run: its method's own schedule (the schedule
+family), the sigmoid of eq. 4 for a method composed with it (``schedule=True``), else lambda = 1.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+from .methods import method_class
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 def _sigmoid(z: float) -> float:
@@ -51,7 +59,8 @@ def constant_weight(alpha: float) -> float:
 def loss_weight(
     method: str, t: int, T: int, *, t0: float = 0.0, tau: float = 1.0, alpha: float = 0.0
 ) -> float:
-    """lambda(t) of a named method; t0 and tau are fractions of T (the config's units)."""
+    """lambda(t) of a named schedule form (the schedule family's method names); t0 and tau are
+    fractions of T (the config's units)."""
     if method == "target":
         return 1.0
     if method == "finetune":
@@ -61,6 +70,12 @@ def loss_weight(
     if method == "smooth":
         return sigmoid_weight(t, T, t0 * T, tau * T, alpha)
     raise ValueError(f"unknown method {method!r}")
+
+
+def run_loss_weight(config: TrainConfig, t: int, T: int) -> float:
+    """lambda(t) of a run of `config`, t = 1..T: the one place the loop gets its loss weight from."""
+    form = method_class(config.method).schedule_name(bool(config.schedule))
+    return loss_weight(form, t, T, t0=config.t0, tau=config.tau, alpha=config.alpha)
 
 
 def learning_rate(t: int, T: int, *, peak: float, final: float, warmup: float) -> float:

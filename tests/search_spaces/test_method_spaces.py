@@ -101,3 +101,18 @@ def test_paper_ranges():
         "ema_decay",
     }
     assert set(METHOD_DEFAULTS["ict"]) == {"ict_w_max", "ict_rampup", "mixup_alpha", "k_points"}
+
+
+def test_the_spaces_are_in_step_with_the_method_registry_and_the_config():
+    from search_spaces import METHOD_SPACE_PARAMS, method_defaults, to_param
+    from trainers.methods import REGISTRY
+
+    assert list(METHOD_DEFAULTS) == list(METHOD_SPACE_PARAMS) == list(REGISTRY)
+    for name, cls in REGISTRY.items():
+        defaults = method_defaults(name)
+        assert defaults == {k: to_param(v) for k, v in cls.search_space.items()} == METHOD_DEFAULTS[name]
+        arms = [name, arm_name(name, True)] if cls.composable else [name]
+        for arm in arms:
+            methods = {arm: method_space(arm)}
+            config = build_space(methods)(optuna.trial.FixedTrial(fixed_params(methods)))
+            assert TrainConfig(**config).method == name

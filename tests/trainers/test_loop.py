@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from trainers import REPORT_KEYS, TrainConfig, load_model, train
+from trainers.batches import augment_batch
 from trainers.data import load_transfer_data
-from trainers.loop import augment_batch, evaluate
+from trainers.loop import evaluate
 from trainers.models import TransferNet
 from trainers.schedule import learning_rate, loss_weight
 

@@ -42,7 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import (
+    Fixed,
     Method,
+    Range,
     StepContext,
     ema_update,
     make_teacher,
@@ -97,7 +99,17 @@ def apply_mask(x: torch.Tensor, mask: torch.Tensor, perm: torch.Tensor) -> torch
 
 class AutoMix(Method):
     name = "automix"
+    paper = "004"
+    doc = "AutoMix: a learned Mix Block generates the mixing mask (paper 004)."
+    mixup_alpha = 2.0  # paper 004 sec. 4.5: alpha = 2 for all experiments
+    init = "source_pretrained"
     report_keys = ("automix_mask_loss", "automix_gen_loss", "automix_momentum", "automix_mask_mean")
+    search_space = {
+        "mixup_alpha": Range(1.0, 4.0, log=True),  # 004 sec. 4.5, fig. 9: alpha = 2 best
+        # 004 table 11: layer l; 3 stages here (resnet18/50 have 4: a study overrides high)
+        "automix_stage": Range(1, 3, integer=True),
+        "ema_decay": Fixed(0.999),  # 004: m starts at 0.999 (a study overrides it to search it)
+    }
 
     def setup(self, ctx: StepContext) -> None:
         model = ctx.model

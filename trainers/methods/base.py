@@ -1,6 +1,11 @@
-"""What every method shares: the `Method` interface, the per-step context, mixing draws and EMA.
+"""What every method shares: the `Method` interface and its facts, the per-step context, mixing draws, EMA.
 
-A method turns the batches of one step into its loss. The loop (trainers/loop.py) calls, per step t,
+A method is one class (one module per method) registered in `trainers.methods.REGISTRY`; the class
+carries the method's facts (class attributes: name, paper, doc, default mixing alpha, default init,
+what data it needs, its report keys, its schedule params and its search-space defaults), from which
+the config's validation, lambda(t), the search spaces and the REST schema are derived.
+
+The loop (trainers/loop.py) calls, per step t,
 
     loss_t, loss_s, metrics = method.step_losses(ctx, lam, t, T)
 
@@ -18,16 +23,45 @@ K = 2 Dirichlet weights and Beta mixup consume the same draws and give identical
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig
-from ..models import TransferNet
+if TYPE_CHECKING:  # annotations only: methods depend on no other trainers module at run time
+    from ..config import TrainConfig
+    from ..models import TransferNet
+
+# The parameters of the sigmoid schedule lambda(t) of paper 002 eq. 4 (trainers/schedule.py), which a
+# composable method reads when `schedule=True`.
+SCHEDULE_PARAMS: tuple[str, ...] = ("t0", "tau", "alpha")
+
+
+# ---------------------------------------------------------------------------------------------------
+# search-space defaults as plain data (search_spaces turns them into its pydantic `Param`)
+
+
+@dataclass(frozen=True)
+class Range:
+    """A searched number: [low, high], on a log scale if `log`; `integer` makes it suggest_int."""
+
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A parameter held at `value` by default (a study may override it with a range to search it)."""
+
+    value: float
+    integer: bool = False
 
 
 @dataclass
@@ -47,18 +81,64 @@ class StepContext:
 
 
 class Method:
-    """Base: the target cross-entropy (plain fine-tuning); subclasses override `loss` and friends."""
+    """Base: the target cross-entropy (plain fine-tuning); subclasses override `loss` and friends.
 
-    name = "base"
+    The class attributes are the method's facts; `trainers.methods.register` checks them.
+    """
+
+    name: ClassVar[str] = ""  # the method's name everywhere: config, search space, store, REST
+    paper: ClassVar[str] = ""  # where the method comes from (papers/README numbers)
+    doc: ClassVar[str] = ""  # one line, shown in the REST schema
+    mixup_alpha: ClassVar[float] = 1.0  # mixing concentration when config.mixup_alpha is None (paper's)
+    init: ClassVar[str] = "scratch"  # what init="auto" resolves to: "scratch" or "source_pretrained"
+    # Can be composed with the sigmoid schedule (schedule=True: t0, tau, alpha join its search space).
+    composable: ClassVar[bool] = True
     # The method draws source sub-batches/samples itself (not only through the schedule's source loss).
-    uses_source_data = False
+    uses_source_data: ClassVar[bool] = False
     # The model needs a source head (h^S) even without the schedule.
-    needs_source_head = False
+    needs_source_head: ClassVar[bool] = False
+    # The method reads unlabeled batches (`ctx.unlabeled()`): the source images or `config.unlabeled`.
+    unlabeled_pool: ClassVar[bool] = False
     # Extra per-epoch report keys this method adds (means over the epoch's steps).
-    report_keys: tuple[str, ...] = ()
+    report_keys: ClassVar[tuple[str, ...]] = ()
+    # Its own search-space defaults: TrainConfig field -> Range | Fixed.
+    search_space: ClassVar[Mapping[str, Range | Fixed]] = MappingProxyType({})
 
     def __init__(self, config: TrainConfig):
         self.config = config
+
+    # --- facts that depend on whether the method is composed with the schedule -------------------
+    @classmethod
+    def schedule_name(cls, composed: bool) -> str:
+        """The lambda(t) form of `schedule.loss_weight`: the sigmoid when composed, else lambda = 1."""
+        return "smooth" if composed else "target"
+
+    @classmethod
+    def schedule_params(cls, composed: bool) -> tuple[str, ...]:
+        """The TrainConfig fields its lambda(t) reads."""
+        return SCHEDULE_PARAMS if composed else ()
+
+    def source_batches(self) -> bool:
+        """Whether each step draws a source sub-batch for the source loss (1 - lambda) CE(h^S(..))."""
+        return bool(self.config.schedule)
+
+    def loads_source(self) -> bool:
+        """Whether the run loads the source set (for batches, pairing, pretraining or the source head)."""
+        return (
+            self.source_batches()
+            or self.uses_source_data
+            or self.needs_source_head
+            or self.config.resolved_init == "source_pretrained"
+            or (self.unlabeled_pool and self.config.unlabeled is None)
+        )
+
+    def source_head(self) -> bool:
+        """Whether the model gets a source head (when the source is loaded)."""
+        return (
+            self.source_batches()
+            or self.needs_source_head
+            or self.config.resolved_init == "source_pretrained"
+        )
 
     # ---------------------------------------------------------------------------------------------
     def setup(self, ctx: StepContext) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .base import Method, StepContext, mixed_cross_entropy, permutations, sample_beta
+from .mixup import MIXUP_ALPHA
 
 
 def cutmix_box(h: int, w: int, lam: float, gen: torch.Generator) -> tuple[int, int, int, int]:
@@ -46,7 +47,11 @@ def cutmix(
 
 class CutMix(Method):
     name = "cutmix"
+    paper = "Yun et al. 2019 (the baseline of 004)"
+    doc = "CutMix (AutoMix paper's baseline)."
+    mixup_alpha = 1.0  # AutoMix paper (004) A.1: CutMix alpha = 1 on the fine-grained (transfer) sets
     report_keys = ("mix_lambda",)
+    search_space = {"mixup_alpha": MIXUP_ALPHA}  # 004 sec. 4.1, the same protocol as mixup
 
     def loss(self, ctx: StepContext, step: int, total: int) -> tuple[torch.Tensor, dict[str, Any]]:
         x, y = ctx.target()

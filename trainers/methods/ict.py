@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from .base import Method, StepContext, ema_update, make_teacher, mix, permutations, sample_dirichlet
+from .base import Method, Range, StepContext, ema_update, make_teacher, mix, permutations, sample_dirichlet
+from .mixup import DIRICHLET_ALPHA, K_POINTS
 
 
 def ict_weight(step: int, total: int, w_max: float, rampup: float) -> float:
@@ -54,7 +55,17 @@ def consistency_distance(student: torch.Tensor, target: torch.Tensor) -> torch.T
 
 class ICT(Method):
     name = "ict"
+    paper = "003"
+    doc = "Interpolation consistency training with a mean teacher (paper 003)."
+    mixup_alpha = 0.5  # paper 003 sec. 3
+    unlabeled_pool = True
     report_keys = ("ict_weight", "ict_consistency", "mix_lambda")
+    search_space = {
+        "ict_w_max": Range(1.0, 100.0, log=True),  # 003: w_max = 100 (we also search below it)
+        "ict_rampup": Range(0.1, 0.6),  # 003: 40% of training
+        "mixup_alpha": DIRICHLET_ALPHA,  # 003 sec. 3
+        "k_points": K_POINTS,  # 003
+    }
 
     def setup(self, ctx: StepContext) -> None:
         self.teacher = make_teacher(ctx.model)

@@ -24,12 +24,31 @@ from typing import Any
 
 import torch
 
-from .base import Method, StepContext, mix, mixed_cross_entropy, permutations, sample_beta, sample_dirichlet
+from .base import (
+    Method,
+    Range,
+    StepContext,
+    mix,
+    mixed_cross_entropy,
+    permutations,
+    sample_beta,
+    sample_dirichlet,
+)
+
+# Search ranges. Dirichlet alpha: paper 003 sec. 3 uses 0.1 (SVHN) and 0.5 (CIFAR); K: ICT[K], K in {2, 3, 4}.
+# Beta alpha of mixup: the AutoMix paper (004) sec. 4.1 takes the best of {0.2, 0.5, 1, 2, 4}.
+DIRICHLET_ALPHA = Range(0.1, 1.0, log=True)
+K_POINTS = Range(2, 4, integer=True)
+MIXUP_ALPHA = Range(0.2, 4.0, log=True)
 
 
 class KPointMixup(Method):
     name = "kmixup"
+    paper = "003"
+    doc = "K-point mixup with Dirichlet weights (paper 003)."
+    mixup_alpha = 0.5  # paper 003 sec. 3: Dirichlet alpha 0.5 (CIFAR), 0.1 (SVHN)
     report_keys = ("mix_lambda",)
+    search_space = {"mixup_alpha": DIRICHLET_ALPHA, "k_points": K_POINTS}
 
     def k(self) -> int:
         return int(self.config.k_points)
@@ -48,6 +67,10 @@ class KPointMixup(Method):
 
 class Mixup(KPointMixup):
     name = "mixup"
+    paper = "Zhang et al. 2018"
+    doc = "Input mixup, lambda ~ Beta(alpha, alpha)."
+    mixup_alpha = 1.0  # AutoMix paper (004) A.1: Mixup alpha = 1 on CIFAR and the fine-grained sets
+    search_space = {"mixup_alpha": MIXUP_ALPHA}
 
     def k(self) -> int:
         return 2

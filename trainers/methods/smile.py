@@ -32,6 +32,7 @@ import torch
 
 from .base import (
     Method,
+    Range,
     StepContext,
     ema_update,
     make_teacher,
@@ -45,8 +46,20 @@ from .base import (
 
 class SMILE(Method):
     name = "smile"
+    paper = "000"
+    doc = "SMILE: mixup with feature and source-head regularizers from a mean teacher (paper 000)."
+    mixup_alpha = 0.2  # paper 000 gives none; the official code's default (PaddlePaddle/Research CV/SMILE)
+    init = "source_pretrained"
     needs_source_head = True
     report_keys = ("smile_feature_loss", "smile_source_loss", "mix_lambda")
+    # The paper gives no ranges; centred on the public code's values (alpha 0.2, feature 0.01,
+    # source 0.1, teacher momentum 0.999).
+    search_space = {
+        "mixup_alpha": Range(0.1, 1.0, log=True),
+        "smile_feature_weight": Range(1e-3, 1.0, log=True),
+        "smile_source_weight": Range(1e-2, 1.0, log=True),
+        "ema_decay": Range(0.99, 0.9999),
+    }
 
     def setup(self, ctx: StepContext) -> None:
         if ctx.model.source_head is None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Method, StepContext
+from .base import Method, Range, StepContext
 
 CENTROID_BATCH = 512
 
@@ -80,9 +80,14 @@ def _features(model: Any, x: torch.Tensor, domain: str) -> torch.Tensor:
 
 class XMixup(Method):
     name = "xmixup"
+    paper = "001"
+    doc = "Cross-domain mixup with paired source classes (paper 001)."
+    mixup_alpha = 1.0  # paper 001 sec. 5.3: alpha in 2^0 .. 2^6 "generally safe"; beta fixed to 1
+    init = "source_pretrained"
     uses_source_data = True
     needs_source_head = True
     report_keys = ("mix_lambda",)
+    search_space = {"mixup_alpha": Range(2.0**-3, 2.0**6, log=True)}  # 001 sec. 5.3 (beta fixed to 1)
 
     def setup(self, ctx: StepContext) -> None:
         data, model = ctx.data, ctx.model

@@ -1,0 +1,95 @@
+"""Short training runs covering every method, and their exact results (the bit-identical check of issue 7).
+
+`python -m tests.trainers.golden_runs [NAME ...]` trains every config of `CONFIGS` (or the named ones)
+and writes, per config, the full per-epoch history, the test accuracy and a sha256 of the final
+state_dict to `golden_runs.json`; the test (test_golden_runs.py) re-trains them with the current code
+and compares exactly. Regenerate only on purpose (a change that is meant to change results), never to
+make the test pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+GOLDEN = Path(__file__).with_name("golden_runs.json")
+
+_BASE: dict[str, Any] = dict(
+    source="digits",
+    target="digits",
+    n_target=60,
+    batch_size=16,
+    epochs=2,
+    steps_per_epoch=3,
+    pretrain_epochs=1,
+    num_threads=1,
+    device="cpu",
+    seed=3,
+)
+
+# name -> config overrides (artifact_dir is added per run: a fresh temporary directory)
+CONFIGS: dict[str, dict[str, Any]] = {
+    "target": dict(method="target"),
+    "finetune": dict(method="finetune", t0=-0.1),
+    "multitask": dict(method="multitask", alpha=0.5),
+    "smooth": dict(method="smooth", t0=0.05, tau=0.2, alpha=-0.3),
+    "smooth_per_domain_bn": dict(method="smooth", tau=0.1, bn="per_domain"),
+    "finetune_augment": dict(method="finetune", augment=True),
+    "source_finetune": dict(method="source_finetune"),
+    "source_finetune_augment_schedule": dict(method="source_finetune", augment=True, schedule=True, tau=0.3),
+    "mixup": dict(method="mixup"),
+    "mixup_schedule": dict(method="mixup", schedule=True, t0=-0.1, tau=0.2, alpha=0.5),
+    "kmixup": dict(method="kmixup", k_points=3, mixup_alpha=0.7),
+    "cutmix_augment": dict(method="cutmix", augment=True),
+    "ict": dict(method="ict", ict_rampup=0.5),
+    "ict_unlabeled_augment": dict(method="ict", unlabeled="digits", augment=True),
+    "xmixup": dict(method="xmixup"),
+    "xmixup_schedule_per_domain_bn": dict(method="xmixup", schedule=True, bn="per_domain"),
+    "smile": dict(method="smile"),
+    "automix": dict(method="automix", automix_stage=2),
+}
+
+
+def state_sha256(state: dict[str, Any]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in key order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(name: str) -> dict[str, Any]:
+    from trainers import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train({**_BASE, **CONFIGS[name], "artifact_dir": tmp})
+        return {
+            "history": result.history,
+            "test_acc": result.test_acc,
+            "best_val_acc": result.best_val_acc,
+            "best_epoch": result.best_epoch,
+            "steps_run": result.steps_run,
+            "total_steps": result.total_steps,
+            "data_sizes": result.data_sizes,
+            "method_info": result.method_info,
+            "state_sha256": state_sha256(result.model.state_dict()),
+        }
+
+
+def main() -> None:
+    """All configs, or only the names given (merged into the existing file, e.g. a new method's)."""
+    names = sys.argv[1:] or list(CONFIGS)
+    golden = json.loads(GOLDEN.read_text()) if sys.argv[1:] and GOLDEN.exists() else {}
+    golden |= {name: run(name) for name in names}
+    GOLDEN.write_text(json.dumps(golden, indent=1, sort_keys=True, allow_nan=False) + "\n")
+    print(f"wrote {len(golden)} runs to {GOLDEN}")
+
+
+if __name__ == "__main__":
+    main()
