@@ -68,6 +68,19 @@ class TrainConfig:
     automix_stage: int = 3
     automix_margin: float = 0.1  # AutoMix: epsilon of the mask loss (eq. 7)
     automix_mask_weight: float = 0.1  # AutoMix: initial gamma of eq. 7, decreased linearly to 0 (paper)
+    # ICT's consistency distance D of paper 003 eq. 2 (trainers/methods/ict.py): "softmax_mse" = squared L2
+    # of softmax outputs / n_classes (public ICT code); "logit_l2" = L2 distance of the logits (the paper).
+    ict_distance: Literal["softmax_mse", "logit_l2"] = "softmax_mse"
+    # XMixup sec. 4.2: repeat the one-to-one class pairing over unused source classes until the auxiliary
+    # set holds this many source samples (paper 001: 200,000; 100,000 for Stanford Dogs). 0: one round.
+    xmixup_aux_size: int = 200_000
+    # SMILE options of the public code (PaddlePaddle/Research CV/SMILE finetune.py; defaults: the paper's
+    # mean teacher, see trainers/methods/smile.py): update the teacher every this many steps (public: 10),
+    # EMA the teacher's heads too (public: False, its classifier stays the pretrained one), and end with
+    # plain fine-tuning over this fraction of T (public: the last 1000 of 9000 iterations = 1/9).
+    smile_teacher_interval: int = 1
+    smile_ema_heads: bool = True
+    smile_finetune_fraction: float = 0.0
 
     # --- initialisation --------------------------------------------------------------------------
     # auto: the method's class's `init` (source_pretrained for source_finetune/xmixup/smile/automix,
@@ -156,6 +169,10 @@ class TrainConfig:
         need(1 <= self.automix_stage <= 4, "automix_stage must be in 1..4")
         need(0 <= self.automix_margin < 1, "automix_margin must be in [0, 1)")
         need(self.automix_mask_weight >= 0, "automix_mask_weight must be >= 0")
+        need(self.ict_distance in ("softmax_mse", "logit_l2"), "ict_distance must be softmax_mse or logit_l2")
+        need(self.xmixup_aux_size >= 0, "xmixup_aux_size must be >= 0")
+        need(self.smile_teacher_interval >= 1, "smile_teacher_interval must be >= 1")
+        need(0 <= self.smile_finetune_fraction < 1, "smile_finetune_fraction must be in [0, 1)")
         need(self.init != "checkpoint" or bool(self.init_checkpoint), "init=checkpoint needs init_checkpoint")
         need(
             self.init != "imagenet" or self.backbone in ("resnet18", "resnet50"),

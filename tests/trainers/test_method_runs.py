@@ -43,6 +43,11 @@ def test_two_step_smoke_run(method, tmp_path):
     metrics = json.loads(json.dumps(result.metrics(), allow_nan=False))
     lin = metrics["linearity"]
     assert lin["val"]["label_il"] >= 0 and lin["val"]["feature_il"] >= 0 and lin["train"]["n_pairs"] == 24
+    nonlin = lin["nonlinearity"]  # paper 003 eq. 3, per layer, on the test split
+    assert list(nonlin["layers"]) == ["stage1", "stage2", "stage3", "pool", "logits"]
+    assert nonlin["n_pairs"] == result.data_sizes["n_test"] and all(
+        0 <= v <= 2 for v in nonlin["layers"].values()
+    )
     if method in ("source_finetune", "xmixup", "smile", "automix"):
         assert metrics["init"]["init"] == "source_pretrained" and metrics["pretrain_cache"]["cache"] == "miss"
     else:

@@ -20,9 +20,14 @@ from trainers.methods.base import (
     sample_dirichlet,
 )
 from trainers.methods.cutmix import cutmix
-from trainers.methods.ict import ICT, ema_decay_at, ict_weight
+from trainers.methods.ict import ICT, ema_decay_at, ict_weight, logit_l2_distance
 from trainers.methods.smile import SMILE
-from trainers.methods.xmixup import class_centroids, cosine_similarity_matrix, greedy_pairing
+from trainers.methods.xmixup import (
+    class_centroids,
+    cosine_similarity_matrix,
+    greedy_pairing,
+    repeated_pairing,
+)
 from trainers.models import SmallCNN, TransferNet
 
 N_TGT, N_SRC, B, SIZE = 3, 4, 6, 8
@@ -169,7 +174,7 @@ def test_xmixup_needs_as_many_source_classes_as_target_classes():
 
 
 def test_xmixup_mixes_each_target_sample_with_its_paired_source_class():
-    cfg = TrainConfig(method="xmixup", mixup_alpha=1.0)
+    cfg = TrainConfig(method="xmixup", mixup_alpha=1.0, xmixup_aux_size=0)  # one pairing round
     model = tiny_net()
     ctx = ctx_for(cfg, model)
     method = build_method(cfg)
@@ -183,6 +188,51 @@ def test_xmixup_mixes_each_target_sample_with_its_paired_source_class():
     assert model.source_head.weight.grad is not None and model.target_head.weight.grad is not None
     info = method.result_info()["xmixup_pairing"]
     assert info["target_to_source"] == {str(t): s for t, s in method.pairing.items()}
+
+
+def _check_rounds(rounds, n_target):
+    used = [s for r in rounds for s in r.values()]
+    assert len(used) == len(set(used))  # no source class is selected twice, across all rounds
+    for r in rounds:
+        assert set(r) <= set(range(n_target))
+        assert len(set(r.values())) == len(r)  # one-to-one within the round
+
+
+def test_xmixup_repeated_pairing_reaches_the_threshold_one_to_one_per_round():
+    # Sec. 4.2 on a constructed case: 2 target classes, 7 source classes; target t's similarity to
+    # source s falls with s, and target 1 always comes second, so round r pairs 0 -> 2r, 1 -> 2r + 1.
+    sim = np.array([[0.9 - 0.1 * s for s in range(7)], [0.85 - 0.1 * s for s in range(7)]])
+    sizes = [10, 10, 10, 10, 10, 10, 5]
+    rounds = repeated_pairing(sim, sizes, threshold=45)
+    assert rounds == [{0: 0, 1: 1}, {0: 2, 1: 3}, {0: 4, 1: 5}]
+    _check_rounds(rounds, 2)
+    size = lambda rs: sum(sizes[s] for r in rs for s in r.values())  # noqa: E731
+    assert size(rounds) >= 45 > size(rounds[:-1])  # stops at the first round that reaches it
+    # Every target class is paired in every round the source allows; the last round is partial when
+    # fewer unused source classes remain than target classes; the source runs out before 1000.
+    everything = repeated_pairing(sim, sizes, threshold=1000)
+    _check_rounds(everything, 2)
+    assert everything[:3] == rounds and everything[3] == {0: 6} and size(everything) == sum(sizes)
+    # Threshold 0 (or one already reached by the first round): the single greedy round.
+    assert repeated_pairing(sim, sizes, threshold=0) == [greedy_pairing(sim)]
+    assert repeated_pairing(sim, sizes, threshold=20) == [{0: 0, 1: 1}]
+
+
+def test_xmixup_draws_from_all_classes_of_its_rounds_and_reports_them():
+    cfg = TrainConfig(method="xmixup", mixup_alpha=1.0)  # default threshold 200,000 > the 16 samples
+    model = tiny_net()
+    ctx = ctx_for(cfg, model)
+    method = build_method(cfg)
+    method.setup(ctx)
+    assert len(method.rounds) == 2 and len(method.rounds[0]) == N_TGT and len(method.rounds[1]) == 1
+    _check_rounds(method.rounds, N_TGT)
+    ((t2, s2),) = method.rounds[1].items()
+    y = torch.full((200,), t2)
+    drawn = {int(ctx.data.source_y[i]) for i in method.draw_auxiliary(y, torch.Generator().manual_seed(0))}
+    assert drawn == {method.rounds[0][t2], s2}  # both paired classes of t2 are drawn from
+    info = method.result_info()["xmixup_pairing"]
+    assert info["rounds"] == [{str(t): s for t, s in r.items()} for r in method.rounds]
+    assert info["auxiliary_size"] == len(ctx.data.source_y) and info["aux_size_threshold"] == 200_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,3 +383,123 @@ def test_every_small_backbone_gives_stage_features():
         assert len(shapes) == 3 and all(len(s) == 4 and s[0] == 2 for s in shapes)
         with pytest.raises(ValueError):
             bb.stage_features(x, bb.n_stages + 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# ICT's consistency distance (issue 11, part 3)
+
+
+@pytest.mark.parametrize("distance", ["logit_l2", "softmax_mse"])
+def test_ict_consistency_is_the_distance_computed_by_hand(distance):
+    k = 3
+    cfg = TrainConfig(method="ict", k_points=k, ict_distance=distance)
+    model = tiny_net()
+    ctx = ctx_for(cfg, model, seed=5)
+    m = ICT(cfg)
+    m.setup(ctx)
+    with torch.no_grad():  # make the student differ from its teacher
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    _, metrics = m.loss(ctx, 3, 10)
+    # The same draws, by hand: Dirichlet weights from ctx.rng, then K - 1 permutations from ctx.gen.
+    u = ctx.unlabeled()
+    w = sample_dirichlet(np.random.default_rng(5), [cfg.resolved_mixup_alpha] * k)
+    perms = permutations(len(u), k, torch.Generator().manual_seed(5), torch.device("cpu"))
+    with torch.no_grad():
+        z_t = m.teacher(u, "target").double()
+        z_s = model(sum(float(wk) * u[p] for wk, p in zip(w, perms, strict=True)), "target").double()
+    target = sum(float(wk) * z_t[p] for wk, p in zip(w, perms, strict=True))
+    per_sample = []
+    for i in range(len(u)):
+        if distance == "logit_l2":  # the paper: L2 distance of the logits
+            per_sample.append(
+                math.sqrt(sum((float(a) - float(b)) ** 2 for a, b in zip(z_s[i], target[i], strict=True)))
+            )
+        else:  # softmax outputs, teacher outputs mixed after the softmax, squared, / n_classes
+            p_t = sum(float(wk) * torch.softmax(z_t, 1)[p] for wk, p in zip(w, perms, strict=True))
+            p_s = torch.softmax(z_s, 1)
+            per_sample.append(
+                sum((float(a) - float(b)) ** 2 for a, b in zip(p_s[i], p_t[i], strict=True)) / N_TGT
+            )
+    assert float(metrics["ict_consistency"]) == pytest.approx(sum(per_sample) / len(u), rel=1e-5)
+
+
+def test_logit_l2_distance_is_not_squared():
+    a = torch.tensor([[3.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[0.0, 4.0], [0.0, 1.0]])
+    assert float(logit_l2_distance(a, b)) == pytest.approx((5.0 + 1.0) / 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# SMILE options of the public code (issue 11, part 6)
+
+
+def _smile_steps(cfg, steps, total=10):
+    """Run SMILE for `steps` optimiser steps; the teacher's parameters after each step."""
+    model = tiny_net()
+    ctx = ctx_for(cfg, model)
+    m = SMILE(cfg)
+    m.setup(ctx)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    snapshots, losses = [[p.detach().clone() for p in m.teacher.parameters()]], []
+    for step in range(1, steps + 1):
+        student_before = [p.detach().clone() for p in model.parameters()]
+        loss, metrics = m.loss(ctx, step, total)
+        losses.append((loss.detach(), metrics, student_before))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.after_step(ctx, step, total)
+        snapshots.append([p.detach().clone() for p in m.teacher.parameters()])
+    return m, model, ctx, snapshots, losses
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_smile_teacher_moves_only_every_interval_steps():
+    cfg = TrainConfig(method="smile", ema_decay=0.9, smile_teacher_interval=3)
+    m, model, _, snaps, _ = _smile_steps(cfg, 6)
+    moved = [not _same(snaps[t], snaps[t - 1]) for t in range(1, 7)]
+    assert moved == [False, False, True, False, False, True]
+    # The default (interval 1) moves every step.
+    _, _, _, snaps1, _ = _smile_steps(TrainConfig(method="smile", ema_decay=0.9), 3)
+    assert all(not _same(snaps1[t], snaps1[t - 1]) for t in range(1, 4))
+
+
+def test_smile_teacher_heads_are_not_averaged_when_excluded():
+    cfg = TrainConfig(method="smile", ema_decay=0.9, smile_ema_heads=False)
+    m, model, _, snaps, _ = _smile_steps(cfg, 3)
+    names = [n for n, _ in m.teacher.named_parameters()]
+    heads = [i for i, n in enumerate(names) if n.startswith(("target_head.", "source_head."))]
+    assert heads and len(heads) < len(names)
+    for i in heads:  # the teacher's classifiers keep their initial (pretrained) weights
+        assert torch.equal(snaps[-1][i], snaps[0][i])
+    student = dict(model.named_parameters())
+    for i, n in enumerate(names):  # the backbone follows the EMA rule at the last step
+        if i not in heads:
+            assert torch.allclose(snaps[-1][i], 0.9 * snaps[-2][i] + 0.1 * student[n].detach(), atol=1e-6)
+    # with the default, the heads move as well
+    _, _, _, snaps_d, _ = _smile_steps(TrainConfig(method="smile", ema_decay=0.9), 1)
+    assert not torch.equal(snaps_d[1][heads[0]], snaps_d[0][heads[0]])
+
+
+def test_smile_last_phase_is_plain_fine_tuning():
+    cfg = TrainConfig(method="smile", ema_decay=0.9, smile_finetune_fraction=0.4)
+    m, model, ctx, snaps, losses = _smile_steps(cfg, 10, total=10)
+    assert [m.in_finetune_phase(t, 10) for t in range(1, 11)] == [False] * 6 + [True] * 4
+    for t, (loss, metrics, student_before) in enumerate(losses, start=1):
+        x, y = ctx.target()
+        net = tiny_net()  # the student as it was at step t (train mode: batch statistics)
+        with torch.no_grad():
+            for p, b in zip(net.parameters(), student_before, strict=True):
+                p.copy_(b)
+        if t <= 6:
+            assert "smile_feature_loss" in metrics
+        else:  # CE on the clean target batch: no mixup, teacher or source head; teacher frozen
+            assert metrics == {}
+            with torch.no_grad():
+                plain = float(torch.nn.functional.cross_entropy(net(x), y))
+            assert float(loss) == pytest.approx(plain, rel=1e-6)
+            assert _same(snaps[t], snaps[t - 1])

@@ -6,8 +6,19 @@
    map P: T -> S; the paper solves it "using a simple Greedy search": we take the globally most similar
    remaining (target, source) pair, assign it, remove both classes, and repeat until every target class
    is paired (needs n_source >= n_target classes; an error otherwise).
+   Sec. 4.2: "we repeat the one-to-one pairing procedure until the size of the selected subset reaches
+   a specific threshold. The value is 100,000 for Stanford Dogs and 200,000 for other datasets"
+   (`xmixup_aux_size`, default 200,000; Figure 3: accuracy depends on that size, "XMixup performs well
+   enough when the number of auxiliary examples is more than 100,000"). Each further round is the same
+   greedy one-to-one pairing over the source classes no earlier round used (a round pairs fewer target
+   classes only when fewer unused source classes remain); the threshold is checked after each complete
+   round, so every target class gets the same number of source classes until the source runs out. The
+   auxiliary set is every source sample of a selected class; its size is counted in the run's source
+   set. With a source smaller than the threshold all source classes end up selected (as the paper's
+   "whole source dataset" point of Figure 3); `xmixup_aux_size = 0` keeps the single round.
 2. Cross-domain mixup. For each target sample (x_t, y_t) of the batch, a source sample x_s is drawn
-   uniformly from the paired class P(y_t) (eq. 3), and (eq. 4)
+   uniformly from the paired class P(y_t) (eq. 3; after several rounds: uniformly from the samples of
+   all source classes paired with y_t), and (eq. 4)
 
        x = lambda x_t + (1 - lambda) x_s,   lambda ~ Beta(alpha, beta = 1)   i.i.d. per sample
 
@@ -61,14 +72,43 @@ def greedy_pairing(similarity: torch.Tensor | np.ndarray) -> dict[int, int]:
             f"xmixup pairs every target class with a distinct source class, but the source has "
             f"{n_s} classes and the target {n_t}; use a source with at least as many classes"
         )
-    pairs: dict[int, int] = {}
+    return _greedy_round(sim, set())
+
+
+def _greedy_round(sim: np.ndarray, used: set[int]) -> dict[int, int]:
+    """One greedy one-to-one round over the source classes not in `used` (as many pairs as possible)."""
+    n_t, n_s = sim.shape
     sim = sim.copy()
-    for _ in range(n_t):
+    free = np.ones(n_s, dtype=bool)
+    free[list(used)] = False
+    sim[:, ~free] = -np.inf
+    pairs: dict[int, int] = {}
+    for _ in range(min(n_t, int(free.sum()))):
         t, s = np.unravel_index(int(np.argmax(sim)), sim.shape)
         pairs[int(t)] = int(s)
         sim[t, :] = -np.inf
         sim[:, s] = -np.inf
     return dict(sorted(pairs.items()))
+
+
+def repeated_pairing(
+    similarity: torch.Tensor | np.ndarray, class_sizes: list[int] | np.ndarray, threshold: int
+) -> list[dict[int, int]]:
+    """Sec. 4.2: greedy one-to-one rounds over the unused source classes until the selected classes
+    hold >= `threshold` samples (`class_sizes[s]` samples in source class s) or none is left.
+
+    The first round is `greedy_pairing` (every target class paired); returns the rounds in order.
+    """
+    sim = np.array(similarity.detach().cpu() if isinstance(similarity, torch.Tensor) else similarity, float)
+    rounds = [greedy_pairing(sim)]
+    used = set(rounds[0].values())
+    size = sum(int(class_sizes[s]) for s in used)
+    while size < threshold and len(used) < sim.shape[1]:
+        pairs = _greedy_round(sim, used)
+        rounds.append(pairs)
+        used |= set(pairs.values())
+        size += sum(int(class_sizes[s]) for s in pairs.values())
+    return rounds
 
 
 @torch.no_grad()
@@ -101,17 +141,24 @@ class XMixup(Method):
         c_t = class_centroids(f_t, data.target_train_y, data.n_target_classes)
         c_s = class_centroids(f_s, data.source_y, data.n_source_classes)
         self.similarity = cosine_similarity_matrix(c_t, c_s).cpu()
-        self.pairing = greedy_pairing(self.similarity)
-        self.class_ids = (getattr(data, "target_class_ids", []), getattr(data, "source_class_ids", []))
-        # Source sample indices per source class, for the per-sample draws of eq. 3.
         src_y = data.source_y.cpu()
-        self.by_class = {s: torch.nonzero(src_y == s).flatten() for s in set(self.pairing.values())}
+        sizes = torch.bincount(src_y, minlength=data.n_source_classes).tolist()
+        self.rounds = repeated_pairing(self.similarity, sizes, self.config.xmixup_aux_size)
+        self.pairing = self.rounds[0]
+        self.aux_size = sum(sizes[s] for r in self.rounds for s in r.values())
+        self.class_ids = (getattr(data, "target_class_ids", []), getattr(data, "source_class_ids", []))
+        # Per target class, the source sample indices of all its paired classes (round order), for the
+        # per-sample draws of eq. 3.
+        self.pools = {
+            t: torch.cat([torch.nonzero(src_y == r[t]).flatten() for r in self.rounds if t in r])
+            for t in self.pairing
+        }
 
     def draw_auxiliary(self, y_t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Indices into the source set: one uniform sample of the paired class per target label."""
+        """Indices into the source set: one uniform sample of the paired classes per target label."""
         out = torch.empty(len(y_t), dtype=torch.long)
         for i, t in enumerate(y_t.tolist()):
-            pool = self.by_class[self.pairing[t]]
+            pool = self.pools[t]
             out[i] = pool[int(torch.randint(0, len(pool), (1,), generator=gen))]
         return out
 
@@ -130,12 +177,19 @@ class XMixup(Method):
         return loss, {"mix_lambda": float(lam_np.mean())}
 
     def result_info(self) -> dict[str, Any]:
-        info = {
-            "target_to_source": {str(t): s for t, s in self.pairing.items()},
+        info: dict[str, Any] = {
+            "target_to_source": {str(t): s for t, s in self.pairing.items()},  # the first round
             "similarity": {str(t): float(self.similarity[t, s]) for t, s in self.pairing.items()},
+            # Sec. 4.2: every round (one-to-one each), and the auxiliary set they select.
+            "rounds": [{str(t): s for t, s in r.items()} for r in self.rounds],
+            "auxiliary_size": int(self.aux_size),
+            "aux_size_threshold": int(self.config.xmixup_aux_size),
         }
         t_ids, s_ids = self.class_ids
         if len(t_ids) == len(self.pairing) and s_ids:
             # The same pairing in the datasets' own class labels (the above is in re-indexed labels).
             info["target_class_to_source_class"] = {str(t_ids[t]): s_ids[s] for t, s in self.pairing.items()}
+            info["rounds_in_class_labels"] = [
+                {str(t_ids[t]): s_ids[s] for t, s in r.items()} for r in self.rounds
+            ]
         return {"xmixup_pairing": info}
