@@ -12,6 +12,9 @@ trainers/methods/schedule_family.py), which a composable method adds with ``sche
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from search_spaces.params import Param
 from trainers.methods import REGISTRY, SCHEDULE_SPACE, Fixed, Range, method_class
 
@@ -23,9 +26,10 @@ def to_param(default: Range | Fixed) -> Param:
     return Param(low=default.low, high=default.high, log=default.log, integer=default.integer or None)
 
 
-def method_defaults(method: str) -> dict[str, Param]:
-    """Default ranges of a method's own params (not the composed schedule's)."""
-    return {name: to_param(d) for name, d in method_class(method).search_space.items()}
+def method_defaults(method: str, trainer: Mapping[str, Any] | None = None) -> dict[str, Param]:
+    """Default ranges of a method's own params (not the composed schedule's), in a study whose fixed
+    trainer fields are `trainer` (a method's ranges may depend on one, e.g. ICT's distance)."""
+    return {name: to_param(d) for name, d in method_class(method).space_for(trainer or {}).items()}
 
 
 DEFAULTS: dict[str, Param] = {name: to_param(d) for name, d in SCHEDULE_SPACE.items()}

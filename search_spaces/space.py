@@ -52,18 +52,25 @@ def parse_arm(arm: str) -> tuple[str, bool]:
     return arm, False
 
 
-def arm_defaults(method: str, schedule: bool = False) -> dict[str, Param]:
-    """Default ranges of an arm's params."""
-    own = method_defaults(method)
+def arm_defaults(
+    method: str, schedule: bool = False, trainer: Mapping[str, Any] | None = None
+) -> dict[str, Param]:
+    """Default ranges of an arm's params (in a study with these fixed trainer fields)."""
+    own = method_defaults(method, trainer)
     if schedule and _composable(method):
         return {**DEFAULTS, **own}
     return own
 
 
 def method_space(
-    method: str, overrides: Mapping[str, Param | None] | None = None, *, schedule: bool = False
+    method: str,
+    overrides: Mapping[str, Param | None] | None = None,
+    *,
+    schedule: bool = False,
+    trainer: Mapping[str, Any] | None = None,
 ) -> dict[str, Param]:
-    """The resolved params of one arm: defaults with the study's overrides applied.
+    """The resolved params of one arm: defaults (for the study's fixed `trainer` fields) with the
+    study's overrides applied.
 
     `method` is a method name or an arm key (``"mixup+schedule"``); ``schedule=True`` is the same as
     the ``+schedule`` suffix.
@@ -73,7 +80,7 @@ def method_space(
     if schedule and not _composable(base):
         raise ValueError(f"schedule=True composes a mixup-family method; {base!r} is not one")
     overrides = dict(overrides or {})
-    defaults = arm_defaults(base, schedule)
+    defaults = arm_defaults(base, schedule, trainer)
     extra = set(k for k, v in overrides.items() if v is not None) - set(defaults)
     if extra:
         raise ValueError(

@@ -32,8 +32,10 @@ class _MethodBase(BaseModel):
         """The key of this entry in the study's space: the method, or ``<method>+schedule``."""
         return arm_name(self.method, getattr(self, "schedule", False))
 
-    def resolved(self) -> dict[str, Param]:
-        return method_space(self.method, self.overrides(), schedule=getattr(self, "schedule", False))
+    def resolved(self, trainer: dict[str, Any] | None = None) -> dict[str, Param]:
+        """Its resolved params in a study with these fixed trainer fields."""
+        schedule = getattr(self, "schedule", False)
+        return method_space(self.method, self.overrides(), schedule=schedule, trainer=trainer)
 
 
 def _method_model(method: str) -> type[_MethodBase]:
@@ -107,7 +109,7 @@ class StudySpec(BaseModel):
         if len(set(arms)) != len(arms):
             raise ValueError(f"methods must be distinct, got {arms}")
         for m in self.methods:
-            m.resolved()  # raises ValueError naming the bad bound
+            m.resolved(self.trainer.to_dict())  # raises ValueError naming the bad bound
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ValueError("gpus_per_trial above 1 must be a whole number")
         bad = [k for k, v in self.resources_per_trial.items() if k in ("CPU", "GPU", "cpu", "gpu") or v < 0]
@@ -117,7 +119,8 @@ class StudySpec(BaseModel):
 
     def resolved_methods(self) -> dict[str, dict[str, Param]]:
         """The study's arms (``smooth``, ``mixup+schedule``, ...) with their resolved params."""
-        return {m.arm: m.resolved() for m in self.methods}
+        trainer = self.trainer.to_dict()
+        return {m.arm: m.resolved(trainer) for m in self.methods}
 
     def with_paths_under(self, root: Path) -> StudySpec:
         """Relative paths of the trainer made absolute under `root`: trials run in their own working

@@ -58,9 +58,13 @@ class TrainConfig:
     ema_decay: float = 0.999
     ict_w_max: float = 100.0  # ICT: maximum weight w_max of the consistency loss (paper 003: 100)
     ict_rampup: float = 0.4  # ICT: w(t) rises linearly from 0 to w_max over this fraction of T (003: 0.4)
-    # ICT's unlabeled pool: None = the source images (labels unused); or a dataset name whose training
-    # images (all classes, labels unused; shared with the target: never its train/val/test samples) are used.
-    unlabeled: Dataset | None = None
+    # ICT's unlabeled pool (labels never used). "target" (paper 003: unlabeled data of the same task): the
+    # target's own training images beyond the N labeled ones, never its validation or test samples;
+    # "source": the source images (None means the same: configs written before "target" was the default);
+    # a dataset name: its training images, all classes (never the target's train/val/test samples when it
+    # is the target dataset); "imagefolder": a folder of the user's (`unlabeled_path`, one subfolder a class).
+    unlabeled: str | None = "target"
+    unlabeled_path: str | None = None
     smile_feature_weight: float = 0.01  # SMILE: weight of the feature (sample-to-feature) regularizer
     smile_source_weight: float = 0.1  # SMILE: weight of the source-label-head regularizer
     # AutoMix: backbone stage l whose momentum-encoder features feed the Mix Block (1-based; 3 stages for
@@ -131,11 +135,16 @@ class TrainConfig:
     num_threads: int | None = None  # torch intra-op threads; fixed for reproducible CPU results
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [message for ok, message in (*self._method_checks(), *self._run_checks()) if not ok]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def _method_checks(self) -> list[tuple[bool, str]]:
+        """(holds, what to fix) for the method, its schedule and the mixup family's fields."""
+        checks: list[tuple[bool, str]] = []
 
         def need(ok: bool, message: str) -> None:
-            if not ok:
-                problems.append(message)
+            checks.append((ok, message))
 
         choices = {
             "method": method_names(),
@@ -147,17 +156,21 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             need(getattr(self, name) in allowed, f"{name} must be one of {', '.join(allowed)}")
-        if self.unlabeled is not None:
-            need(
-                self.unlabeled in DATASETS and self.unlabeled != "imagefolder",
-                "unlabeled must be None or a dataset name other than imagefolder",
-            )
+        need(
+            self.unlabeled in (None, "target", "source", *DATASETS),
+            f"unlabeled must be target, source or a dataset name ({', '.join(DATASETS)})",
+        )
+        need(
+            self.unlabeled != "imagefolder" or bool(self.unlabeled_path),
+            "unlabeled=imagefolder needs unlabeled_path",
+        )
         need(self.tau > 0, "tau must be > 0")
         if self.schedule and self.method in method_names() and not method_class(self.method).composable:
             family = ", ".join(m for m in method_names() if not method_class(m).composable)
-            problems.append(
+            need(
+                False,
                 "schedule=True composes a mixup-family method with the schedule; the schedule family "
-                f"({family}) is the schedule already"
+                f"({family}) is the schedule already",
             )
         need(self.mixup_alpha is None or self.mixup_alpha > 0, "mixup_alpha must be > 0 (or None)")
         need(self.k_points >= 2, "k_points must be >= 2")
@@ -173,6 +186,15 @@ class TrainConfig:
         need(self.xmixup_aux_size >= 0, "xmixup_aux_size must be >= 0")
         need(self.smile_teacher_interval >= 1, "smile_teacher_interval must be >= 1")
         need(0 <= self.smile_finetune_fraction < 1, "smile_finetune_fraction must be in [0, 1)")
+        return checks
+
+    def _run_checks(self) -> list[tuple[bool, str]]:
+        """(holds, what to fix) for the init, data, model, optimisation and execution fields."""
+        checks: list[tuple[bool, str]] = []
+
+        def need(ok: bool, message: str) -> None:
+            checks.append((ok, message))
+
         need(self.init != "checkpoint" or bool(self.init_checkpoint), "init=checkpoint needs init_checkpoint")
         need(
             self.init != "imagenet" or self.backbone in ("resnet18", "resnet50"),
@@ -206,8 +228,7 @@ class TrainConfig:
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device must be auto, cpu, cuda or cuda:N",
         )
-        if problems:
-            raise ValueError("; ".join(problems))
+        return checks
 
     @property
     def resolved_init(self) -> str:

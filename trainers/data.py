@@ -19,6 +19,7 @@ torchvision and scikit-learn are imported lazily so that importing the package s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class TransferData:
     # The dataset's own class labels behind the re-indexed labels 0..k-1 (position i holds label i's class).
     source_class_ids: list[int] = field(default_factory=list)
     target_class_ids: list[int] = field(default_factory=list)
+    # The target's training images beyond the N labeled ones (ICT's default unlabeled pool), normalised as
+    # the training subset; loaded only when asked for (`load_target_rest`).
+    target_rest_x: torch.Tensor | None = None
 
     @property
     def in_channels(self) -> int:
@@ -123,7 +127,7 @@ class TransferData:
 
     def to(self, device: torch.device | str) -> TransferData:
         moved = {
-            name: getattr(self, name).to(device)
+            name: getattr(self, name).to(device) if getattr(self, name) is not None else None
             for name in (
                 "source_x",
                 "source_y",
@@ -133,20 +137,10 @@ class TransferData:
                 "val_y",
                 "test_x",
                 "test_y",
+                "target_rest_x",
             )
         }
-        return TransferData(
-            **moved,
-            n_source_classes=self.n_source_classes,
-            n_target_classes=self.n_target_classes,
-            source_hflip=self.source_hflip,
-            target_hflip=self.target_hflip,
-            source_loaded=self.source_loaded,
-            indices=self.indices,
-            test_split=self.test_split,
-            source_class_ids=self.source_class_ids,
-            target_class_ids=self.target_class_ids,
-        )
+        return dataclasses.replace(self, **moved)
 
 
 @dataclass
@@ -165,13 +159,16 @@ class _Raw:
 # public entry point
 
 
-def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> TransferData:
+def load_transfer_data(
+    config: TrainConfig, *, load_source: bool = True, load_target_rest: bool = False
+) -> TransferData:
     """Build the source set and the target train/val/test sets of a run.
 
     The target splits depend only on the data fields and the seed, never on the method, so that runs of
     different methods with the same seed are evaluated on exactly the same samples. With
     `load_source=False` (a method that never uses the source) a source that is a different dataset is
-    not even read.
+    not even read. `load_target_rest` also loads the target's training images that are in none of the
+    N-sample subset, the validation set and the test set (`target_rest_x`, ICT's default pool).
     """
     _check_names(config)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xDA7A]))
@@ -187,7 +184,7 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
         s_raw = None
     t_classes, t_pool, s_classes, s_pool = _class_pools(config, t_raw, s_raw, same, rng)
     test_idx, test_x_raw, test_y_raw, t_pool = _target_test(config, t_raw, t_classes, t_pool, rng)
-    val_idx, train_idx = _target_val_train(config, t_raw, t_pool, rng)
+    val_idx, train_idx, rest_idx = _target_val_train(config, t_raw, t_pool, rng)
 
     t_map = _label_map(t_classes)
 
@@ -200,6 +197,9 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
     # Statistics of the training subset only: no val/test information reaches the inputs.
     mean, std = _channel_stats(tr_x)
     tr_x, va_x, te_x = ((x - mean) / std for x in (tr_x, va_x, te_x))
+    rest_x = None
+    if load_target_rest:
+        rest_x = (_to_shape(t_raw.train_x[torch.from_numpy(rest_idx)], channels, size) - mean) / std
 
     data_source = s_raw is not None and load_source
     src_x, src_y, n_source_classes = _source_part(config, s_raw if data_source else None, s_classes, s_pool)
@@ -222,10 +222,12 @@ def load_transfer_data(config: TrainConfig, *, load_source: bool = True) -> Tran
             "target_train": train_idx,
             "val": val_idx,
             "test": test_idx,
+            "target_rest": rest_idx,
         },
         test_split="official" if t_raw.test_x is not None else "train",
         source_class_ids=[int(c) for c in s_classes],
         target_class_ids=[int(c) for c in t_classes],
+        target_rest_x=rest_x.contiguous() if rest_x is not None else None,
     )
     logger.info(
         "data: target %s, source %s; images %dx%dx%d; %s",
@@ -294,13 +296,14 @@ def _target_test(
 
 def _target_val_train(
     config: TrainConfig, t_raw: _Raw, t_pool: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """(validation indices, training indices): validation, then the N-sample subset, both stratified."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(validation, training, rest) indices: validation, then the N-sample training subset, both
+    stratified; the rest is the training pool beyond the N samples (empty when N is None: all of it)."""
     n_val = _count(config.val_size, len(t_pool), "val_size")
     val_local, rest_local = _stratified_split(t_raw.train_y[t_pool], n_val, rng)
     val_idx, rest = t_pool[val_local], t_pool[rest_local]
     if config.n_target is None:
-        return val_idx, rest
+        return val_idx, rest, rest[:0]
     if config.n_target < 1:
         raise ValueError(f"n_target must be >= 1 or None, got {config.n_target}")
     if config.n_target > len(rest):
@@ -309,8 +312,8 @@ def _target_val_train(
             f"training after holding out validation ({len(val_idx)}) and test samples; lower n_target "
             "or val_size, or set n_target to None to use them all"
         )
-    train_local, _ = _stratified_split(t_raw.train_y[rest], config.n_target, rng)
-    return val_idx, rest[train_local]
+    train_local, rest_local = _stratified_split(t_raw.train_y[rest], config.n_target, rng)
+    return val_idx, rest[train_local], rest[rest_local]
 
 
 def _source_part(

@@ -266,7 +266,8 @@ def _setup(config: TrainConfig, device: torch.device) -> _Run:
     started = time.monotonic()
     seeds = run_seeds(config.seed)
     method = build_method(config)
-    data = load_transfer_data(config, load_source=method.loads_source())
+    rest = method.unlabeled_pool and config.unlabeled == "target"
+    data = load_transfer_data(config, load_source=method.loads_source(), load_target_rest=rest)
     if method.loads_source() and len(data.source_y) == 0:
         raise ValueError(f"method {config.method!r} needs source samples but the source set is empty")
     data = data.to(device)
@@ -365,16 +366,29 @@ def _step_context(
 
 
 def _unlabeled_pool(config: TrainConfig, data: TransferData, device: torch.device) -> torch.Tensor:
-    """A method's unlabeled images (ICT's): the source images (default) or the training images of
-    `unlabeled`.
+    """A method's unlabeled images (ICT's), as `config.unlabeled` names them: "target", the target's
+    training images beyond the N labeled ones (loaded with the data); "source" (or None), the source
+    images; a dataset name or "imagefolder" (`unlabeled_path`), that set's training images.
 
     A named pool is loaded as the source side of a run with source = `unlabeled` and all its classes, so
     when it is the target dataset the target's train/val/test samples are never part of it.
     """
-    if config.unlabeled is None:
+    if config.unlabeled == "target":
+        if data.target_rest_x is None or len(data.target_rest_x) == 0:
+            raise ValueError(
+                "ICT's unlabeled pool is the target's training images beyond the N labeled ones, but "
+                f"n_target={config.n_target} leaves none; lower n_target, or set unlabeled to 'source' "
+                "or a dataset name"
+            )
+        return data.target_rest_x
+    if config.unlabeled in (None, "source"):
         return data.source_x
     pool_config = dataclasses.replace(
-        config, schedule=False, source=config.unlabeled, source_path=None, source_classes=None
+        config,
+        schedule=False,
+        source=config.unlabeled,
+        source_path=config.unlabeled_path,
+        source_classes=None,
     )
     pool = load_transfer_data(pool_config, load_source=True)
     if len(pool.source_x) == 0:

@@ -45,7 +45,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mixup_schedule": dict(method="mixup", schedule=True, t0=-0.1, tau=0.2, alpha=0.5),
     "kmixup": dict(method="kmixup", k_points=3, mixup_alpha=0.7),
     "cutmix_augment": dict(method="cutmix", augment=True),
-    "ict": dict(method="ict", ict_rampup=0.5),
+    # "ict" was recorded when the source images were ICT's default pool (issue 11 made it the target's
+    # unlabeled remainder, recorded as "ict_target_pool").
+    "ict": dict(method="ict", ict_rampup=0.5, unlabeled="source"),
+    "ict_target_pool": dict(method="ict", ict_rampup=0.5),
     "ict_unlabeled_augment": dict(method="ict", unlabeled="digits", augment=True),
     "xmixup": dict(method="xmixup"),
     "xmixup_schedule_per_domain_bn": dict(method="xmixup", schedule=True, bn="per_domain"),

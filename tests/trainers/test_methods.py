@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from trainers import train
 from trainers.config import TrainConfig
+from trainers.data import load_transfer_data
 from trainers.methods import build_method
 from trainers.methods.automix import AutoMix, MixBlock, apply_mask, mask_loss, momentum_at
 from trainers.methods.base import (
@@ -503,3 +505,50 @@ def test_smile_last_phase_is_plain_fine_tuning():
                 plain = float(torch.nn.functional.cross_entropy(net(x), y))
             assert float(loss) == pytest.approx(plain, rel=1e-6)
             assert _same(snaps[t], snaps[t - 1])
+
+
+# --- ICT's unlabeled pool (issue 11, part 2) ---------------------------------------------------------
+
+
+def test_icts_default_pool_is_the_targets_unlabeled_remainder_and_never_a_labeled_val_or_test_sample():
+    config = TrainConfig(method="ict", n_target=40)
+    assert config.unlabeled == "target"
+    data = load_transfer_data(config, load_source=False, load_target_rest=True)
+    idx = data.indices
+    rest = set(idx["target_rest"].tolist())
+    assert len(rest) == len(data.target_rest_x) > 0
+    assert not rest & set(idx["target_train"].tolist())
+    assert not rest & set(idx["val"].tolist())
+    assert not rest & set(idx["test"].tolist())  # digits: the test set is carved from the training split
+    # Labeled N + remainder = the whole training pool left after validation and test.
+    pool = load_transfer_data(TrainConfig(method="ict", n_target=None), load_source=False)
+    assert rest | set(idx["target_train"].tolist()) == set(pool.indices["target_train"].tolist())
+    # The remainder is normalised as the training subset is (same channel statistics applied).
+    assert torch.isfinite(data.target_rest_x).all() and data.target_rest_x.shape[1:] == data.val_x.shape[1:]
+
+
+def test_an_ict_trial_says_which_pool_it_used_and_how_large_it_was():
+    base = dict(method="ict", n_target=40, epochs=1, steps_per_epoch=2, num_threads=1, device="cpu")
+    default = train(base)
+    assert default.method_info["unlabeled_pool"] == "target"
+    rest = load_transfer_data(TrainConfig(**base), load_source=False, load_target_rest=True).target_rest_x
+    assert default.data_sizes["n_unlabeled"] == len(rest)
+    source = train(dict(base, unlabeled="source"))
+    assert source.method_info["unlabeled_pool"] == "source"
+    assert source.data_sizes["n_unlabeled"] == source.data_sizes["n_source"]
+    assert default.history != source.history
+
+
+def test_icts_default_pool_with_every_target_sample_labeled_is_a_clear_error():
+    with pytest.raises(ValueError, match="beyond the N labeled ones.*unlabeled to 'source'"):
+        train(dict(method="ict", n_target=None, epochs=1, steps_per_epoch=1, num_threads=1, device="cpu"))
+
+
+def test_with_the_papers_distance_ict_holds_w_max_at_100_unless_the_study_searches_it():
+    from search_spaces import Param, method_space
+
+    assert not method_space("ict")["ict_w_max"].fixed
+    paper = method_space("ict", trainer={"ict_distance": "logit_l2"})
+    assert paper["ict_w_max"] == Param(value=100.0)
+    asked = method_space("ict", {"ict_w_max": Param(low=1, high=100)}, trainer={"ict_distance": "logit_l2"})
+    assert (asked["ict_w_max"].low, asked["ict_w_max"].high) == (1, 100)

@@ -97,7 +97,7 @@ class Method:
     uses_source_data: ClassVar[bool] = False
     # The model needs a source head (h^S) even without the schedule.
     needs_source_head: ClassVar[bool] = False
-    # The method reads unlabeled batches (`ctx.unlabeled()`): the source images or `config.unlabeled`.
+    # The method reads unlabeled batches (`ctx.unlabeled()`) from the pool `config.unlabeled` names.
     unlabeled_pool: ClassVar[bool] = False
     # Extra per-epoch report keys this method adds (means over the epoch's steps).
     report_keys: ClassVar[tuple[str, ...]] = ()
@@ -106,6 +106,12 @@ class Method:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+
+    @classmethod
+    def space_for(cls, trainer: Mapping[str, Any]) -> Mapping[str, Range | Fixed]:
+        """Its search-space defaults in a study whose fixed trainer fields are `trainer` (a method whose
+        ranges depend on a fixed option overrides this; ICT's paper-form distance fixes w_max)."""
+        return cls.search_space
 
     # --- facts that depend on whether the method is composed with the schedule -------------------
     @classmethod
@@ -129,7 +135,7 @@ class Method:
             or self.uses_source_data
             or self.needs_source_head
             or self.config.resolved_init == "source_pretrained"
-            or (self.unlabeled_pool and self.config.unlabeled is None)
+            or (self.unlabeled_pool and self.config.unlabeled in (None, "source"))
         )
 
     def source_head(self) -> bool:

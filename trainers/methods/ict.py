@@ -5,7 +5,9 @@
 
 - supervised part: plain cross-entropy on the labeled target batch ("The supervised loss with the ICT
   does not use mixup", paper 003 fig. 1);
-- u: an unlabeled batch (the source images by default, `unlabeled` names another pool); u_k = u[pi_k]
+- u: an unlabeled batch from the pool `unlabeled` names: by default the target's own training images
+  beyond the N labeled ones (paper 003 uses unlabeled data of the same task), or the source images, or
+  another dataset / a folder of the user's (the trial's info says which); u_k = u[pi_k]
   with pi_1 the identity and pi_2..pi_K random permutations; one w per batch;
 - f, D: `ict_distance` chooses (paper 003 eq. 2 leaves f open; sec. 2: "L_2 distance is used").
   "softmax_mse" (default): f = softmax(h^T(g(.))), the network output in the label space Y = R^C of
@@ -45,11 +47,22 @@ Shapes: x (B, C, H, W), u (B, C, H, W), w (K,), f (B, n_target).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from .base import Method, Range, StepContext, ema_update, make_teacher, mix, permutations, sample_dirichlet
+from .base import (
+    Fixed,
+    Method,
+    Range,
+    StepContext,
+    ema_update,
+    make_teacher,
+    mix,
+    permutations,
+    sample_dirichlet,
+)
 from .mixup import DIRICHLET_ALPHA, K_POINTS
 
 
@@ -103,8 +116,19 @@ class ICT(Method):
         "k_points": K_POINTS,  # 003
     }
 
+    @classmethod
+    def space_for(cls, trainer: Mapping[str, Any]) -> Mapping[str, Range | Fixed]:
+        # The paper's form comes with the paper's w_max = 100, held unless the study asks to search it.
+        if trainer.get("ict_distance") == "logit_l2":
+            return {**cls.search_space, "ict_w_max": Fixed(100.0)}
+        return cls.search_space
+
     def setup(self, ctx: StepContext) -> None:
         self.teacher = make_teacher(ctx.model)
+
+    def result_info(self) -> dict[str, Any]:
+        # Which images the consistency loss used (their number is data_sizes' n_unlabeled).
+        return {"unlabeled_pool": self.config.unlabeled or "source"}
 
     def loss(self, ctx: StepContext, step: int, total: int) -> tuple[torch.Tensor, dict[str, Any]]:
         model = ctx.model
