@@ -172,6 +172,8 @@ def run_cell(args: tuple[int, int, str, str, Budget]) -> dict[str, Any]:
         }
         cell["n_source"] = best.user_attrs["n_source"] or cell.get("n_source")
     cell["wall_s"] = time.monotonic() - started
+    done = ", ".join(f"{m} {v['val_acc']:.3f}" for m, v in cell["methods"].items())
+    print(f"N={n} seed={seed}: {done} ({cell['wall_s']:.0f} s)", file=sys.stderr, flush=True)
     cell["smooth_shape"] = lambda_shape(
         cell["methods"]["smooth"]["params"], cell["methods"]["smooth"]["total_steps"]
     )

@@ -107,7 +107,6 @@ PAPER = {
         {
             "method": "ict",
             "target": "cifar10",
-            "unlabeled": "cifar10",
             "backbone": "wrn10_2",
             "batch_size": 128,
             "ict_w_max": 100.0,
