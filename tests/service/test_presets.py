@@ -12,6 +12,7 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
+from service import repository as repo
 from service.api import create_app
 from service.presets import PRESETS, get_preset
 from service.schemas import StudySpec
@@ -329,7 +330,9 @@ def _submit_and_complete(app, client, cluster, body) -> tuple[str, dict]:
     assert created.status_code == 202, created.text
     study_id = created.json()["id"]
     assert cluster.submitted == [study_id]
-    stored = client.get(f"/studies/{study_id}").json()["spec"]
+    with app.state.sessions() as session:  # the row itself: the API would re-expand a bare preset name
+        stored = repo.get_study(session, study_id=study_id).spec
+    assert client.get(f"/studies/{study_id}").json()["spec"] == stored
     sampled = {"method": "smooth", "t0": 0.1, "tau": 0.05, "alpha": -1.0}
     ot = optuna.create_study(
         storage=app.state.storage, study_name=created.json()["optuna_study_name"], direction="maximize"
