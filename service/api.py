@@ -25,6 +25,7 @@ from service.db import (
     utcnow,
 )
 from service.ray_cluster import RayCluster, RayUnavailable, connect, resource_problem
+from service.routers import presets as presets_router
 from service.schemas import (
     BestConfig,
     BestSoFar,
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, cluster: RayCluster | None =
     app.state.storage = storage
     app.state.cluster = cluster
     _routes(app)
+    app.include_router(presets_router.router)
     return app
 
 

@@ -1,4 +1,5 @@
-"""The `transched` command: serve | submit FILE | status ID | best ID | train FILE | demo | down | db."""
+"""The `transched` command: serve | submit FILE | status ID | best ID | train FILE | presets [NAME] | demo |
+down | db."""
 
 from __future__ import annotations
 
@@ -143,6 +144,17 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace, settings: Settings) -> int:
+    api = _api(args, settings)
+    if args.name:
+        print(json.dumps(_check(httpx.get(f"{api}/presets/{args.name}", timeout=30)), indent=2))
+        return 0
+    for p in _check(httpx.get(f"{api}/presets", timeout=30)):
+        print(f"{p['name']}@{p['version']:<4} {p['title']}\n{'':8}{p['paper']}")
+    print('\nuse one with {"preset": "NAME", ...} in a study spec; `transched presets NAME` shows its values')
+    return 0
+
+
 # --- demo: the whole path on the embedded defaults ------------------------------------------------------
 
 
@@ -266,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--out", default="runs/best", help="directory for the checkpoint and metrics")
     s.add_argument("--strict", action="store_true", help="exit 1 if val_acc differs from the study's")
+    s = sub.add_parser("presets", help='the papers\' recipes a study spec can name with "preset"')
+    s.add_argument("name", nargs="?", help="show one preset's values and sources (NAME or NAME@VERSION)")
     s = sub.add_parser("demo", help="start the server, run the bundled demo study, print the best config")
     s.add_argument("--file", help="a study spec to run instead of the bundled one")
     sub.add_parser("down", help="stop the server and the local Ray head started by `demo`")
@@ -280,6 +294,7 @@ COMMANDS = {
     "status": cmd_status,
     "best": cmd_best,
     "train": cmd_train,
+    "presets": cmd_presets,
     "demo": cmd_demo,
     "down": cmd_down,
     "db": cmd_db,

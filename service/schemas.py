@@ -140,6 +140,22 @@ class StudySpec(BaseModel):
     def startup_trials(self) -> int:
         return self.n_startup_trials or min(10, max(3, self.n_trials // 3))
 
+    # --- issue 11: study presets (service/presets.py) ----------------------------------------------
+    preset: str | None = Field(
+        default=None,
+        description='a paper recipe to start from: "stl-cifar" (newest version) or "stl-cifar@1"; the '
+        "spec's own fields win, trainer fields merge key by key; stored expanded, as name@version",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset"):
+            from service.presets import expand
+
+            return expand(data)
+        return data
+
 
 # --- responses ---------------------------------------------------------------------------------------
 
