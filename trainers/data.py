@@ -173,7 +173,7 @@ def load_transfer_data(
     _check_names(config)
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0xDA7A]))
     channels, size = target_geometry(config)
-    same = _dataset_key(config.target, config.target_path) == _dataset_key(config.source, config.source_path)
+    same = dataset_key(config.target, config.target_path) == dataset_key(config.source, config.source_path)
 
     t_raw = _load_raw(config.target, config.target_path, config, size, "target")
     if same:
@@ -453,7 +453,7 @@ def _check_names(config: TrainConfig) -> None:
             raise ValueError(f"unknown {role} dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def _dataset_key(name: str, path: str | None) -> tuple[str, str]:
+def dataset_key(name: str, path: str | None) -> tuple[str, str]:
     if name == "imagefolder":
         return (name, str(Path(path).expanduser().resolve()) if path else "")
     return (name, "")

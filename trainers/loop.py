@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from . import schedule
 from .batches import Batches, Sampler, run_seeds, steps_per_epoch
 from .config import TrainConfig
-from .data import TransferData, load_transfer_data
+from .data import TransferData, dataset_key, load_transfer_data
 from .diagnostics import linearity_diagnostics
 from .methods import Method, StepContext, build_method
 from .models import TransferNet, build_model
@@ -383,17 +383,21 @@ def _unlabeled_pool(config: TrainConfig, data: TransferData, device: torch.devic
         return data.target_rest_x
     if config.unlabeled in (None, "source"):
         return data.source_x
+    path = config.unlabeled_path
     pool_config = dataclasses.replace(
-        config,
-        schedule=False,
-        source=config.unlabeled,
-        source_path=config.unlabeled_path,
-        source_classes=None,
+        config, schedule=False, source=config.unlabeled, source_path=path, source_classes=None
     )
     pool = load_transfer_data(pool_config, load_source=True)
-    if len(pool.source_x) == 0:
+    keep = np.ones(len(pool.source_x), dtype=bool)
+    if dataset_key(config.unlabeled, path) == dataset_key(config.target, config.target_path):
+        # The target's own dataset: this load splits its classes differently from the run's, so drop
+        # every image the run labels, validates or tests on (positions in the same training split).
+        used = [data.indices[k] for k in ("target_train", "val")]
+        used += [data.indices["test"]] if data.test_split == "train" else []
+        keep = ~np.isin(pool.indices["source"], np.concatenate(used))
+    if not keep.any():
         raise ValueError(f"the unlabeled pool {config.unlabeled!r} is empty")
-    return pool.source_x.to(device)
+    return pool.source_x[torch.from_numpy(keep)].to(device)
 
 
 # --- one epoch -------------------------------------------------------------------------------------

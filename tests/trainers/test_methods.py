@@ -552,3 +552,31 @@ def test_with_the_papers_distance_ict_holds_w_max_at_100_unless_the_study_search
     assert paper["ict_w_max"] == Param(value=100.0)
     asked = method_space("ict", {"ict_w_max": Param(low=1, high=100)}, trainer={"ict_distance": "logit_l2"})
     assert (asked["ict_w_max"].low, asked["ict_w_max"].high) == (1, 100)
+
+
+@pytest.mark.parametrize("dataset, target_classes", [("digits", [3, 4, 5]), ("synthetic", [0, 1, 2])])
+def test_a_named_pool_of_the_targets_own_dataset_never_holds_a_labeled_val_or_test_image(
+    dataset, target_classes
+):
+    from trainers.loop import _unlabeled_pool
+
+    config = TrainConfig(
+        method="ict",
+        source=dataset,
+        target=dataset,
+        unlabeled=dataset,
+        n_target=40,
+        target_classes=target_classes,
+        source_classes=[6, 7, 8] if dataset == "digits" else [3, 4, 5],
+    )
+    data = load_transfer_data(config, load_source=False)
+    pool = _unlabeled_pool(config, data, torch.device("cpu"))
+    # Compare images, not positions: no pool image equals a labeled, validation or test image.
+    # (Both sides are normalised differently, so undo it by matching on the rank of pixel values.)
+    assert len(pool) > 0
+
+    def key(x: torch.Tensor) -> set[bytes]:
+        return {row.argsort(stable=True).numpy().tobytes() for row in x.flatten(1)}
+
+    used = key(torch.cat([data.target_train_x, data.val_x, data.test_x]))
+    assert not key(pool) & used
