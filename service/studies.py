@@ -21,7 +21,17 @@ from service import repository as repo
 from service.db import Study, StudyStatus, utcnow
 from service.errors import ClusterUnavailable, Conflict, InvalidForStudy, NotFound
 from service.ray_cluster import Cluster, resource_problem
-from service.schemas import BestConfig, BestSoFar, Links, Schedule, StudyOut, StudySpec, TrialOut, TrialPage
+from service.schemas import (
+    BestConfig,
+    BestSoFar,
+    Links,
+    Schedule,
+    StudyOut,
+    StudyPage,
+    StudySpec,
+    TrialOut,
+    TrialPage,
+)
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -151,6 +161,16 @@ def best_trial(storage: BaseStorage, *, name: str, where: TrialFilter | None = N
             return None
     complete = storage.get_all_trials(optuna_id, deepcopy=False, states=(TrialState.COMPLETE,))
     return max((t for t in complete if where(t)), key=lambda t: (t.value, -t.number), default=None)
+
+
+def study_page(
+    *, sessions: Sessions, storage: BaseStorage, offset: int, limit: int, links: Callable[[str], Links]
+) -> StudyPage:
+    """A page of studies, newest first, each with its trial counts and best trial so far."""
+    with sessions() as session:
+        rows, total = repo.list_studies(session, offset=offset, limit=limit)
+    items = overviews(rows, sessions=sessions, storage=storage, links=links)
+    return StudyPage(items=items, total=total, offset=offset, limit=limit)
 
 
 def overviews(

@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
-from service import repository as repo
 from service import studies
 from service.db import Study
 from service.deps import ClusterDep, State
@@ -68,10 +67,9 @@ def list_studies(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> StudyPage:
     """Studies, newest first, each with its trial counts and best trial so far."""
-    with state.sessions() as session:
-        rows, total = repo.list_studies(session, offset=offset, limit=limit)
-    items = studies.overviews(rows, sessions=state.sessions, storage=state.storage, links=link)
-    return StudyPage(items=items, total=total, offset=offset, limit=limit)
+    return studies.study_page(
+        sessions=state.sessions, storage=state.storage, offset=offset, limit=limit, links=link
+    )
 
 
 @router.get("/{study_id}", responses=NOT_FOUND)
