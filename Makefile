@@ -8,7 +8,7 @@ STAMP := $(VENV)/.transched-installed
 # where it is present.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint format down clean
+.PHONY: install demo test test-fast lint format down clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -ra
+
+# The inner loop: unit tests only, no server, no Ray head, no CUDA (see the `slow` and `gpu` markers).
+test-fast: install
+	$(PY) -m pytest -ra -m "not slow and not gpu"
 
 lint: install
 	$(PY) -m ruff check .

@@ -247,10 +247,10 @@ def cmd_down(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
-    from service.db import make_engine
+    from service.db import engine_from
     from service.migrate import current, head, upgrade
 
-    engine = make_engine(settings.resolved_database_url)
+    engine = engine_from(settings)
     if args.action == "upgrade":
         upgrade(engine)
     where = engine.url.render_as_string(hide_password=True)

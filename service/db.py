@@ -10,10 +10,15 @@ import enum
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, DateTime, Engine, String, Text, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
+
+    from service.settings import Settings
 
 
 def utcnow() -> datetime:
@@ -103,3 +108,25 @@ def make_optuna_storage(
         kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow}
     # No heartbeat: Optuna's heartbeat only runs inside study.optimize(), never under ask-and-tell.
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def _db_args(settings: Settings, pool_size: int | None, max_overflow: int | None) -> dict[str, Any]:
+    return {
+        "busy_timeout_ms": settings.sqlite_busy_timeout_ms,
+        "pool_size": settings.db_pool_size if pool_size is None else pool_size,
+        "max_overflow": settings.db_max_overflow if max_overflow is None else max_overflow,
+    }
+
+
+def engine_from(
+    settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None
+) -> Engine:
+    """The engine of the study store `settings` names; a driver passes smaller pools (see README)."""
+    return make_engine(settings.resolved_database_url, **_db_args(settings, pool_size, max_overflow))
+
+
+def optuna_storage_from(
+    settings: Settings, *, pool_size: int | None = None, max_overflow: int | None = None
+) -> RDBStorage:
+    """Optuna's storage on the same database, with the same arguments as `engine_from`."""
+    return make_optuna_storage(settings.resolved_database_url, **_db_args(settings, pool_size, max_overflow))

@@ -17,8 +17,9 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import httpx
@@ -33,6 +34,21 @@ class RayUnavailable(RuntimeError):
     pass
 
 
+class Cluster(Protocol):
+    """What the service needs of the cluster its studies run on; `RayCluster` is the real one, and the
+    API tests pass a fake through `create_app(cluster=...)`."""
+
+    dashboard_url: str
+
+    def resources(self) -> dict[str, float]: ...
+
+    def submit_study(self, *, study_id: str, settings: Settings) -> str: ...
+
+    def job_status(self, job_id: str) -> str | None: ...
+
+    def stop_job(self, job_id: str) -> bool: ...
+
+
 @dataclass
 class RayCluster:
     """A handle on the cluster the studies run on."""
@@ -42,15 +58,19 @@ class RayCluster:
     pid: int | None = None
     token_path: Path | None = None
     token: str | None = None
+    _client: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def headers(self) -> dict[str, str]:
         return auth_headers(self.token_path, self.token)
 
     def client(self):  # -> JobSubmissionClient; imported lazily: ray is heavy
-        from ray.job_submission import JobSubmissionClient
+        """The job API client, made once (it checks the dashboard's version on creation)."""
+        if self._client is None:
+            from ray.job_submission import JobSubmissionClient
 
-        return JobSubmissionClient(self.dashboard_url, headers=self.headers)
+            self._client = JobSubmissionClient(self.dashboard_url, headers=self.headers)
+        return self._client
 
     def resources(self) -> dict[str, float]:
         """Total logical resources of the cluster (CPU, GPU, ...), from the dashboard's status."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
-from sqlalchemy import func, select, update
+from sqlalchemy import column, func, select, table, update
 from sqlalchemy.orm import Session
 
 from service.db import Study, StudyStatus, utcnow
@@ -108,3 +109,26 @@ def reap_running_trials(storage: optuna.storages.BaseStorage, *, name: str) -> i
 def epoch_history(trial: optuna.trial.FrozenTrial) -> list[dict[str, Any]]:
     keys = sorted(k for k in trial.user_attrs if k.startswith(EPOCH_ATTR_PREFIX))
     return [trial.user_attrs[k] for k in keys]
+
+
+# Optuna's own tables, named as its RDB schema names them (optuna-dashboard reads the same), with only the
+# columns counted here: the trial count of a study is a grouped query, not a load of every trial.
+_OPTUNA_STUDIES = table("studies", column("study_id"), column("study_name"))
+_OPTUNA_TRIALS = table("trials", column("study_id"), column("state"))
+
+
+def trial_counts(session: Session, *, names: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Trials by Optuna state ("COMPLETE", "RUNNING", ...) of each named Optuna study, in one query."""
+    if not names:
+        return {}
+    studies, trials = _OPTUNA_STUDIES, _OPTUNA_TRIALS
+    stmt = (
+        select(studies.c.study_name, trials.c.state, func.count())
+        .join_from(trials, studies, trials.c.study_id == studies.c.study_id)
+        .where(studies.c.study_name.in_(list(names)))
+        .group_by(studies.c.study_name, trials.c.state)
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for name, state, n in session.execute(stmt):
+        counts.setdefault(name, {})[str(state)] = int(n)
+    return counts

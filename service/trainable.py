@@ -7,6 +7,9 @@ import socket
 import time
 from typing import Any
 
+# Each epoch's result carries the trainer's report dict, as it came, under this key: the driver stores
+# exactly that dict, so the epoch schema is the trainer's own (its common keys and each method's keys).
+EPOCH_REPORT = "epoch_report"
 # What a run found, kept with the trial (see trainers.TrainResult.metrics).
 INFO_KEYS = ("xmixup_pairing", "linearity", "pretrain_cache", "init", "method_info", "data_sizes")
 
@@ -52,7 +55,8 @@ def run_trial(
     }
 
     def report(metrics: dict[str, Any]) -> None:
-        tune.report({**metrics, **where})
+        # Flat for Tune (the objective, its progress table), nested for the store (see EPOCH_REPORT).
+        tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where})
 
     result = train(config, report=report)
     summary = result.metrics()

@@ -1,0 +1,1 @@
+"""One router module per resource; `service.api.create_app` includes each module's `router`."""

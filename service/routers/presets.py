@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
+from service.errors import NotFound
 from service.presets import PRESETS, Preset, UnknownPreset, get_preset
+from service.schemas import Problem
 
 router = APIRouter(prefix="/presets", tags=["presets"])
 
@@ -15,10 +17,12 @@ def list_presets() -> list[Preset]:
     return sorted(PRESETS.values(), key=lambda p: (p.name, p.version))
 
 
-@router.get("/{name}", response_model=Preset, responses={404: {"description": "no such preset"}})
+@router.get(
+    "/{name}", response_model=Preset, responses={404: {"model": Problem, "description": "no such preset"}}
+)
 def preset(name: str) -> Preset:
     """One preset: ``stl-cifar`` (its newest version) or ``stl-cifar@1``."""
     try:
         return get_preset(name)
     except UnknownPreset as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        raise NotFound(str(exc)) from exc

@@ -77,6 +77,19 @@ def test_trials_carry_their_method_params_and_findings(trials):
         assert e["source_weight"] == pytest.approx(1 - e["lambda"])
 
 
+def test_each_epoch_keeps_the_trainers_whole_report_method_keys_included(trials):
+    """The driver stores the trainer's epoch dict as it came: a method's own report keys reach /trials."""
+    for t in trials:
+        for e in t["epochs"]:
+            assert {"epoch", "lambda", "val_acc", "best_val_acc", "train_loss_target"} <= set(e)
+    mixing = [t for t in trials if t["params"]["method"] in ("mixup", "cutmix", "xmixup")]
+    assert len(mixing) >= 3
+    for t in mixing:
+        assert all(0 <= e["mix_lambda"] <= 1 for e in t["epochs"]), t["epochs"]
+    ict = next(t for t in trials if t["params"]["method"] == "ict")
+    assert all(e["ict_weight"] is not None for e in ict["epochs"]), ict["epochs"]
+
+
 def test_source_pretrained_methods_share_one_pretraining_run(trials):
     cached = [t["info"]["pretrain_cache"] for t in trials if t["info"].get("pretrain_cache")]
     assert {t for t in ("source_finetune", "xmixup", "smile", "automix")} <= {

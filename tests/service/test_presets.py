@@ -10,13 +10,10 @@ import json
 
 import optuna
 import pytest
-from fastapi.testclient import TestClient
 
 from service import repository as repo
-from service.api import create_app
 from service.presets import PRESETS, get_preset
 from service.schemas import StudySpec
-from service.settings import Settings
 from trainers import DatasetNotFoundError, TrainConfig, config_fields, train
 
 # --- the papers' values ------------------------------------------------------------------------------
@@ -259,43 +256,6 @@ def test_a_bad_override_is_still_validated():
 # --- the API and the CLI -------------------------------------------------------------------------------
 
 
-class RecordingCluster:
-    """Stands in for RayCluster: records submissions (what Ray would run is not tested here)."""
-
-    dashboard_url = "http://ray.invalid:8265"
-
-    def __init__(self):
-        self.submitted: list[str] = []
-
-    def resources(self) -> dict[str, float]:
-        return {"CPU": 64.0}
-
-    def submit_study(self, *, study_id: str, settings: Settings) -> str:
-        self.submitted.append(study_id)
-        return f"job-{study_id}"
-
-    def job_status(self, job_id: str) -> str | None:
-        return "PENDING"
-
-    def stop_job(self, job_id: str) -> bool:
-        return True
-
-
-@pytest.fixture
-def cluster():
-    return RecordingCluster()
-
-
-@pytest.fixture
-def app(tmp_path, cluster):
-    return create_app(Settings(data_dir=tmp_path, ray_address=None), cluster=cluster)
-
-
-@pytest.fixture
-def client(app):
-    return TestClient(app)
-
-
 def test_api_lists_presets_and_shows_one(client):
     listed = client.get("/presets")
     assert listed.status_code == 200
@@ -324,18 +284,18 @@ def test_cli_presets_calls_the_api(client, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["trainer"]["backbone"] == "wrn10_2"
 
 
-def _submit_and_complete(app, client, cluster, body) -> tuple[str, dict]:
+def _submit_and_complete(store, client, cluster, body) -> tuple[str, dict]:
     """POST the spec, then play the driver: one completed trial in the study's Optuna storage."""
     created = client.post("/studies", json=body)
     assert created.status_code == 202, created.text
     study_id = created.json()["id"]
-    assert cluster.submitted == [study_id]
-    with app.state.sessions() as session:  # the row itself: the API would re-expand a bare preset name
+    assert list(cluster.jobs) == [created.json()["ray_job_id"]]
+    with store.sessions() as session:  # the row itself: the API would re-expand a bare preset name
         stored = repo.get_study(session, study_id=study_id).spec
     assert client.get(f"/studies/{study_id}").json()["spec"] == stored
     sampled = {"method": "smooth", "t0": 0.1, "tau": 0.05, "alpha": -1.0}
     ot = optuna.create_study(
-        storage=app.state.storage, study_name=created.json()["optuna_study_name"], direction="maximize"
+        storage=store.storage, study_name=created.json()["optuna_study_name"], direction="maximize"
     )
     dist = optuna.distributions.FloatDistribution
     ot.add_trial(
@@ -350,8 +310,8 @@ def _submit_and_complete(app, client, cluster, body) -> tuple[str, dict]:
 
 
 @pytest.mark.parametrize("key", ["stl-cifar@1", "stl-svhn@1"])
-def test_study_with_a_preset_stores_the_expanded_spec(app, client, cluster, key, tmp_path):
-    _, stored = _submit_and_complete(app, client, cluster, {"preset": key.split("@")[0]})
+def test_study_with_a_preset_stores_the_expanded_spec(store, client, cluster, key, tmp_path):
+    _, stored = _submit_and_complete(store, client, cluster, {"preset": key.split("@")[0]})
     assert stored["preset"] == key
     trainer, study = PAPER[key]
     for field, value in trainer.items():
@@ -363,14 +323,14 @@ def test_study_with_a_preset_stores_the_expanded_spec(app, client, cluster, key,
     assert [m["method"] for m in stored["methods"]] == study["methods"]
 
 
-def test_best_of_a_preset_study_is_a_config_transched_train_runs(app, client, cluster, tmp_path, capsys):
+def test_best_of_a_preset_study_is_a_config_transched_train_runs(store, client, cluster, tmp_path, capsys):
     """`/best` holds the preset's recipe with the trial's params; TrainConfig accepts it unchanged, and
     `transched train` runs it up to the data: CIFAR cannot be downloaded here, so the run ends at the
     loader's clear 'not found' error (not at a config error) -- the honest end of this path here."""
     from service import cli
 
     study_id, _ = _submit_and_complete(
-        app, client, cluster, {"preset": "stl-cifar", "trainer": {"n_target": 1420, "data_dir": "no-cifar"}}
+        store, client, cluster, {"preset": "stl-cifar", "trainer": {"n_target": 1420, "data_dir": "no-cifar"}}
     )
     best = client.get(f"/studies/{study_id}/best")
     assert best.status_code == 200, best.text
@@ -394,10 +354,10 @@ def test_best_of_a_preset_study_is_a_config_transched_train_runs(app, client, cl
 
 
 @pytest.mark.parametrize("key", ["stl-cifar@1", "stl-svhn@1"])
-def test_the_best_config_trains_with_only_the_data_swapped(app, client, cluster, key):
+def test_the_best_config_trains_with_only_the_data_swapped(store, client, cluster, key):
     """The recipe itself (backbone, bn, dropout, lr schedule, batch) runs through trainers.train: the same
     /best config with the data fields pointed at the synthetic set and a two-step budget."""
-    study_id, _ = _submit_and_complete(app, client, cluster, {"preset": key.split("@")[0]})
+    study_id, _ = _submit_and_complete(store, client, cluster, {"preset": key.split("@")[0]})
     config = TrainConfig.from_dict(client.get(f"/studies/{study_id}/best").json()["config"])
     tiny = dataclasses.replace(
         config,

@@ -1,5 +1,5 @@
-"""The study store on a real SQLite file and a real PostgreSQL database: migrations, status
-transitions, pagination, reaping orphaned trials."""
+"""The study store's database on a real SQLite file and a real PostgreSQL database: the engine, the
+migrations, and a database made by an older version upgraded with its studies intact."""
 
 from datetime import UTC
 
@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from service import repository as repo
-from service.db import StudyStatus, create_schema, make_engine, make_optuna_storage, make_sessionmaker
+from service.db import create_schema, make_engine, make_optuna_storage, make_sessionmaker
 
 
 @pytest.fixture
@@ -35,46 +35,6 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
     with sessions() as s:
         assert s.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert s.execute(text("PRAGMA busy_timeout")).scalar() == 1234
-
-
-def test_status_moves_only_from_the_states_given(sessions):
-    with sessions() as s:
-        repo.create_study(s, name="a", spec={"n_trials": 1}, study_id="s1")
-        assert repo.get_status(s, study_id="s1") == StudyStatus.pending
-        assert not repo.set_status(
-            s, study_id="s1", status=StudyStatus.stopping, only_from=(StudyStatus.running,)
-        )
-        assert repo.set_status(s, study_id="s1", status=StudyStatus.running, only_from=(StudyStatus.pending,))
-        study = repo.get_study(s, study_id="s1")
-        assert study.started_at is not None and study.finished_at is None
-        assert repo.set_status(s, study_id="s1", status=StudyStatus.completed)
-        s.refresh(study)
-        assert study.finished_at is not None and study.optuna_study_name == "transched-s1"
-
-
-def test_list_is_paginated_newest_first(sessions):
-    with sessions() as s:
-        for i in range(5):
-            repo.create_study(s, name=f"n{i}", spec={}, study_id=f"id{i}")
-        rows, total = repo.list_studies(s, offset=1, limit=2)
-        assert total == 5 and [r.name for r in rows] == ["n3", "n2"]
-
-
-def test_running_trials_of_a_dead_driver_are_reaped_and_finished_ones_kept(url, sessions):
-    storage = make_optuna_storage(url)
-    study = optuna.create_study(study_name="transched-x", storage=storage, direction="maximize")
-    done = study.ask()
-    study.tell(done, 0.5)
-    study.ask()
-    study.ask()
-    assert repo.reap_running_trials(storage, name="transched-x") == 2
-    states = [t.state for t in optuna.load_study(study_name="transched-x", storage=storage).trials]
-    assert states == [
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.FAIL,
-        optuna.trial.TrialState.FAIL,
-    ]
-    assert repo.reap_running_trials(storage, name="no-such-study") == 0
 
 
 def test_schema_is_at_the_newest_migration_and_matches_the_models(engine):
@@ -121,6 +81,7 @@ def test_a_database_made_at_the_first_migration_upgrades_with_its_finished_study
     from service.migrate import current, head, upgrade
     from service.schemas import StudySpec
     from service.settings import Settings
+    from tests.service.conftest import FakeCluster
 
     engine = make_engine(url)
     upgrade(engine, "0001")
@@ -149,17 +110,22 @@ def test_a_database_made_at_the_first_migration_upgrades_with_its_finished_study
     ot.tell(trial, 0.75)
     engine.dispose()
 
-    app = create_app(Settings(database_url=url, data_dir=tmp_path))  # migrates to head
-    engine = make_engine(url)
-    assert current(engine) == head()
-    with make_sessionmaker(engine)() as s:
-        old = repo.get_study(s, study_id="old1")
-        assert (old.name, old.status, old.spec, old.heartbeat_at) == ("old study", "completed", spec, None)
-    engine.dispose()
-    client = TestClient(app)
-    study = client.get("/studies/old1").json()
-    assert study["status"] == "completed" and study["trial_counts"] == {"COMPLETE": 1}
-    best = client.get("/studies/old1/best").json()
+    app = create_app(Settings(database_url=url, data_dir=tmp_path), cluster=FakeCluster())
+    with TestClient(app) as client:  # the lifespan migrates to head
+        engine = make_engine(url)
+        assert current(engine) == head()
+        with make_sessionmaker(engine)() as s:
+            old = repo.get_study(s, study_id="old1")
+            assert (old.name, old.status, old.spec, old.heartbeat_at) == (
+                "old study",
+                "completed",
+                spec,
+                None,
+            )
+        engine.dispose()
+        study = client.get("/studies/old1").json()
+        assert study["status"] == "completed" and study["trial_counts"] == {"COMPLETE": 1}
+        best = client.get("/studies/old1/best").json()
     assert best["val_acc"] == 0.75 and best["method"] == "multitask"
     assert best["config"]["alpha"] == trial.params["alpha"]
 
@@ -184,27 +150,19 @@ def test_a_database_made_before_migrations_existed_is_adopted_not_recreated(tmp_
         assert repo.get_study(s, study_id="k1").name == "kept"
 
 
-def test_a_running_study_whose_driver_went_silent_is_failed_and_its_trials_reaped(url, tmp_path):
-    from datetime import timedelta
-
-    from fastapi.testclient import TestClient
-    from sqlalchemy import update
-
-    from service.api import create_app
-    from service.db import Study, utcnow
+def test_engine_and_optuna_storage_are_made_from_settings_with_a_pool_override(tmp_path):
+    from service.db import engine_from, optuna_storage_from
     from service.settings import Settings
 
-    app = create_app(Settings(database_url=url, data_dir=tmp_path, driver_timeout_s=60))
-    with app.state.sessions() as s:
-        for study_id, beat in (("silent", utcnow() - timedelta(seconds=600)), ("alive", utcnow())):
-            repo.create_study(s, name=study_id, spec={}, study_id=study_id)
-            repo.set_status(s, study_id=study_id, status=StudyStatus.running)
-            s.execute(update(Study).where(Study.id == study_id).values(heartbeat_at=beat))
-            s.commit()
-            optuna.create_study(study_name=f"transched-{study_id}", storage=app.state.storage).ask()
-    client = TestClient(app)  # no lifespan: no cluster, so the jobs' fate is unknown
-    silent = client.get("/studies/silent").json()
-    assert silent["status"] == "failed" and "no heartbeat" in silent["error"]
-    assert silent["trial_counts"] == {"FAIL": 1}
-    alive = client.get("/studies/alive").json()
-    assert alive["status"] == "running" and alive["trial_counts"] == {"RUNNING": 1}
+    settings = Settings(
+        database_url="postgresql+psycopg://u@127.0.0.1:1/x", db_pool_size=7, db_max_overflow=3
+    )
+    engine = engine_from(settings)
+    assert (engine.pool.size(), engine.pool._max_overflow) == (7, 3)
+    small = engine_from(settings, pool_size=1, max_overflow=0)
+    assert (small.pool.size(), small.pool._max_overflow) == (1, 0)
+    sqlite = Settings(data_dir=tmp_path, sqlite_busy_timeout_ms=4321)
+    storage = optuna_storage_from(sqlite)
+    assert storage.engine.url.database == str((tmp_path / "transched.db").resolve())
+    with storage.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 4321

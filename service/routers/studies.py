@@ -1,0 +1,96 @@
+"""/studies: submit, list, read and stop studies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, status
+
+from service import studies
+from service.db import Study
+from service.deps import ClusterDep, State
+from service.schemas import Links, Problem, StudyCreated, StudyOut, StudyPage, StudySpec
+
+router = APIRouter(prefix="/studies", tags=["studies"])
+
+NOT_FOUND = {404: {"model": Problem, "description": "no study with this id"}}
+RAY_DOWN = {503: {"model": Problem, "description": "the Ray cluster is not reachable"}}
+
+
+def links(request: Request, state: State) -> Callable[[str], Links]:
+    """The links of a study, under the URL the client called."""
+    base, cluster = str(request.base_url).rstrip("/"), state.cluster
+
+    def of(study_id: str) -> Links:
+        return Links(
+            self=f"{base}/studies/{study_id}",
+            trials=f"{base}/studies/{study_id}/trials",
+            best=f"{base}/studies/{study_id}/best",
+            stop=f"{base}/studies/{study_id}/stop",
+            dashboard=f"{cluster.dashboard_url}/#/jobs/transched-{study_id}" if cluster else None,
+        )
+
+    return of
+
+
+LinksDep = Annotated[Callable[[str], Links], Depends(links)]
+
+
+def _overview(state: State, study: Study, link: Callable[[str], Links]) -> StudyOut:
+    return studies.overviews([study], sessions=state.sessions, storage=state.storage, links=link)[0]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={422: {"description": "invalid study spec; nothing is stored"}, **RAY_DOWN},
+)
+def create_study(spec: StudySpec, state: State, cluster: ClusterDep, link: LinksDep) -> StudyCreated:
+    """Store the study and submit its driver to Ray as a job; 202: it runs in the background."""
+    study = studies.submit(spec, sessions=state.sessions, cluster=cluster, settings=state.settings)
+    return StudyCreated(
+        id=study.id,
+        name=study.name,
+        status=study.status,
+        optuna_study_name=study.optuna_study_name,
+        ray_job_id=study.ray_job_id,
+        links=link(study.id),
+    )
+
+
+@router.get("")
+def list_studies(
+    state: State,
+    link: LinksDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> StudyPage:
+    """Studies, newest first, each with its trial counts and best trial so far."""
+    return studies.study_page(
+        sessions=state.sessions, storage=state.storage, offset=offset, limit=limit, links=link
+    )
+
+
+@router.get("/{study_id}", responses=NOT_FOUND)
+def get_study(study_id: str, state: State, link: LinksDep) -> StudyOut:
+    """Status, trial counts by state, the best trial so far, and the Optuna study's name."""
+    study = studies.reconcile(
+        studies.find(state.sessions, study_id),
+        sessions=state.sessions,
+        storage=state.storage,
+        cluster=state.cluster,
+        timeout_s=state.settings.driver_timeout_s,
+    )
+    return _overview(state, study, link)
+
+
+@router.post(
+    "/{study_id}/stop",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**NOT_FOUND, 409: {"model": Problem, "description": "the study has already ended"}},
+)
+def stop(study_id: str, state: State, link: LinksDep) -> StudyOut:
+    """Ask the driver to stop: running trials end, the study ends as `stopped`."""
+    study = studies.stop(study_id, sessions=state.sessions, cluster=state.cluster)
+    return _overview(state, study, link)

@@ -1,0 +1,294 @@
+"""The study domain: submit, reconcile, stop, read, and the best trial and its config.
+
+Handlers in `service.routers` are a few lines over these functions. Nothing here knows HTTP: a refusal
+is a `service.errors` exception, turned into a response in one place (`service.api`). No database
+session is open while Ray is asked anything: a slow or dead cluster never pins a pooled connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
+
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import Session, sessionmaker
+
+from search_spaces import arm_name, parse_arm
+from service import repository as repo
+from service.db import Study, StudyStatus, utcnow
+from service.errors import ClusterUnavailable, Conflict, InvalidForStudy, NotFound
+from service.ray_cluster import Cluster, resource_problem
+from service.schemas import (
+    BestConfig,
+    BestSoFar,
+    Links,
+    Schedule,
+    StudyOut,
+    StudyPage,
+    StudySpec,
+    TrialOut,
+    TrialPage,
+)
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
+
+logger = logging.getLogger(__name__)
+
+Sessions = sessionmaker[Session]
+TrialFilter = Callable[[FrozenTrial], bool]
+
+
+def submit(spec: StudySpec, *, sessions: Sessions, cluster: Cluster, settings: Settings) -> Study:
+    """Store the study, then submit its driver to Ray as a job; a study Ray refused is kept, as failed."""
+    try:
+        problem = resource_problem(spec, cluster.resources(), gpus_only=True)
+    except Exception:  # the status API is best effort; the driver checks again with Ray's own view
+        logger.warning("could not read the cluster's resources", exc_info=True)
+        problem = None
+    if problem:
+        raise InvalidForStudy(problem)
+    study_id = uuid.uuid4().hex
+    spec = spec.with_paths_under(settings.data_dir)
+    with sessions() as session:
+        stored = spec.model_dump(mode="json")
+        study = repo.create_study(session, name=spec.name, spec=stored, study_id=study_id)
+    try:
+        job_id = cluster.submit_study(study_id=study_id, settings=settings)
+    except Exception as exc:
+        logger.exception("submitting study %s failed", study_id)
+        with sessions() as session:
+            repo.set_status(
+                session, study_id=study_id, status=StudyStatus.failed, error=f"submission failed: {exc}"
+            )
+        raise ClusterUnavailable(
+            f"could not submit study {study_id} to Ray (it is kept, as failed): {exc}"
+        ) from exc
+    with sessions() as session:
+        repo.set_job(session, study_id=study_id, ray_job_id=job_id)
+    study.ray_job_id = job_id
+    return study
+
+
+def find(sessions: Sessions, study_id: str) -> Study:
+    with sessions() as session:
+        study = repo.get_study(session, study_id=study_id)
+    if study is None:
+        raise NotFound(f"no study {study_id}")
+    return study
+
+
+def reconcile(
+    study: Study, *, sessions: Sessions, storage: BaseStorage, cluster: Cluster | None, timeout_s: float
+) -> Study:
+    """A study whose driver ended without saying so is marked failed or stopped, and its RUNNING trials
+    are failed: nothing stays 'running' forever. The driver's end is known from its Ray job's status,
+    or, when the cluster no longer knows the job (restarted, lost), from a heartbeat gone stale."""
+    if StudyStatus(study.status).terminal:
+        return study
+    job = cluster.job_status(study.ray_job_id) if cluster is not None and study.ray_job_id else None
+    if job in ("FAILED", "STOPPED", "SUCCEEDED"):
+        final = StudyStatus.stopped if job == "STOPPED" else StudyStatus.failed
+        error = None if final == StudyStatus.stopped else f"the driver's Ray job ended as {job}"
+    elif job is None and study.status != StudyStatus.pending and _stale(study, timeout_s):
+        final = StudyStatus.failed
+        error = f"the driver stopped reporting (no heartbeat for over {timeout_s:.0f}s)"
+    else:
+        return study
+    live = (StudyStatus.pending, StudyStatus.running, StudyStatus.stopping)
+    with sessions() as session:
+        moved = repo.set_status(session, study_id=study.id, status=final, error=error, only_from=live)
+    if moved:  # else the driver wrote its own end meanwhile
+        repo.reap_running_trials(storage, name=study.optuna_study_name)
+    return find(sessions, study.id)
+
+
+def _stale(study: Study, timeout_s: float) -> bool:
+    last = study.heartbeat_at or study.started_at
+    if last is None:
+        return False
+    if last.tzinfo is None:  # SQLite hands back naive datetimes; we store UTC
+        last = last.replace(tzinfo=UTC)
+    return (utcnow() - last).total_seconds() > timeout_s
+
+
+def stop(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> Study:
+    """Ask the driver to stop (running -> stopping); a study whose driver has not started yet (pending)
+    has its Ray job stopped outright and ends as stopped."""
+    study = find(sessions, study_id)
+    if StudyStatus(study.status).terminal:
+        raise Conflict(f"study {study_id} has already ended ({study.status})")
+    with sessions() as session:
+        moved = repo.set_status(
+            session, study_id=study_id, status=StudyStatus.stopping, only_from=(StudyStatus.running,)
+        )
+    if not moved:
+        if study.ray_job_id and cluster is not None:
+            cluster.stop_job(study.ray_job_id)
+        with sessions() as session:
+            repo.set_status(
+                session, study_id=study_id, status=StudyStatus.stopped, only_from=(StudyStatus.pending,)
+            )
+    return find(sessions, study_id)
+
+
+# --- reading: trials live in Optuna's schema ------------------------------------------------------------
+
+
+def params(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's sampled config: Optuna's params plus the constants of the space (e.g. the method of a
+    one-method study), as the driver stored them."""
+    return dict(trial.user_attrs.get("sampled") or trial.params)
+
+
+def best_trial(storage: BaseStorage, *, name: str, where: TrialFilter | None = None) -> FrozenTrial | None:
+    """The best completed trial of an Optuna study, or of those of its trials `where` keeps; None if none.
+
+    Without a filter it is the store's own answer, so it is `optuna.load_study(...).best_trial`; with
+    one, the highest value, the earliest trial on ties."""
+    try:
+        optuna_id = storage.get_study_id_from_name(name)
+    except KeyError:  # the driver has not created it yet
+        return None
+    if where is None:
+        try:
+            return storage.get_best_trial(optuna_id)
+        except ValueError:  # no completed trial
+            return None
+    complete = storage.get_all_trials(optuna_id, deepcopy=False, states=(TrialState.COMPLETE,))
+    return max((t for t in complete if where(t)), key=lambda t: (t.value, -t.number), default=None)
+
+
+def study_page(
+    *, sessions: Sessions, storage: BaseStorage, offset: int, limit: int, links: Callable[[str], Links]
+) -> StudyPage:
+    """A page of studies, newest first, each with its trial counts and best trial so far."""
+    with sessions() as session:
+        rows, total = repo.list_studies(session, offset=offset, limit=limit)
+    items = overviews(rows, sessions=sessions, storage=storage, links=links)
+    return StudyPage(items=items, total=total, offset=offset, limit=limit)
+
+
+def overviews(
+    studies: list[Study], *, sessions: Sessions, storage: BaseStorage, links: Callable[[str], Links]
+) -> list[StudyOut]:
+    """Each study with its trial counts by state (one query for all of them) and its best trial so far."""
+    with sessions() as session:
+        counts = repo.trial_counts(session, names=[s.optuna_study_name for s in studies])
+    out = []
+    for study in studies:
+        best = best_trial(storage, name=study.optuna_study_name)
+        out.append(_overview(study, counts.get(study.optuna_study_name, {}), best, links))
+    return out
+
+
+def _overview(
+    study: Study, counts: dict[str, int], best: FrozenTrial | None, links: Callable[[str], Links]
+) -> StudyOut:
+    return StudyOut(
+        id=study.id,
+        name=study.name,
+        status=study.status,
+        error=study.error,
+        optuna_study_name=study.optuna_study_name,
+        ray_job_id=study.ray_job_id,
+        created_at=study.created_at,
+        started_at=study.started_at,
+        finished_at=study.finished_at,
+        n_trials=sum(counts.values()),
+        trial_counts=counts,
+        best=BestSoFar(number=best.number, value=best.value, params=params(best)) if best else None,
+        spec=StudySpec.model_validate(study.spec),
+        links=links(study.id),
+    )
+
+
+def trials_page(study: Study, *, storage: BaseStorage, offset: int, limit: int) -> TrialPage:
+    """Trials by number: params, Optuna state, value and per-epoch metrics."""
+    ot = repo.load_optuna_study(storage, name=study.optuna_study_name)
+    trials = sorted(ot.get_trials(deepcopy=False), key=lambda t: t.number) if ot else []
+    items = [_trial_out(t) for t in trials[offset : offset + limit]]
+    return TrialPage(items=items, total=len(trials), offset=offset, limit=limit)
+
+
+def _trial_out(t: FrozenTrial) -> TrialOut:
+    return TrialOut(
+        number=t.number,
+        state=t.state.name,
+        value=t.value if t.state == TrialState.COMPLETE else None,
+        params=params(t),
+        epochs=repo.epoch_history(t),
+        node=t.user_attrs.get("node"),
+        node_id=t.user_attrs.get("node_id"),
+        device=t.user_attrs.get("device"),
+        restarts=t.user_attrs.get("restarts", 0),
+        info=t.user_attrs.get("info") or {},
+        total_steps=t.user_attrs.get("total_steps"),
+        datetime_start=t.datetime_start,
+        datetime_complete=t.datetime_complete,
+    )
+
+
+# --- the best config ------------------------------------------------------------------------------------
+
+
+def method_filter(arms: list[str], method: str) -> TrialFilter | None:
+    """Trials of one method of the study, None if the study has no such method. An arm matches exactly
+    ("mixup" is not "mixup+schedule"); a bare method name that is not an arm ("mixup" in a study of
+    "mixup+schedule" only) matches its arms."""
+    if method in arms:
+        return lambda t: arm_name(params(t)["method"], bool(params(t).get("schedule"))) == method
+    if method in {parse_arm(a)[0] for a in arms}:
+        return lambda t: params(t)["method"] == method
+    return None
+
+
+def best_config(study: Study, *, storage: BaseStorage, method: str | None = None) -> BestConfig:
+    """The best trial's complete trainer config, ready for `transched train`: the best overall, or the
+    best of one method (a method name or an arm like ``mixup+schedule``)."""
+    spec = StudySpec.model_validate(study.spec)
+    where = None
+    if method is not None:
+        arms = list(spec.resolved_methods())
+        where = method_filter(arms, method)
+        if where is None:
+            raise InvalidForStudy(f"study {study.id} has no method {method!r}; it has {', '.join(arms)}")
+    trial = best_trial(storage, name=study.optuna_study_name, where=where)
+    if trial is None:
+        which = f" of method {method!r}" if method else ""
+        raise Conflict(f"study {study.id} has no completed trial{which} yet")
+    return _best_config(study, spec, trial)
+
+
+def _best_config(study: Study, spec: StudySpec, trial: FrozenTrial) -> BestConfig:
+    from service.trainable import merge_config
+    from trainers.config import schedule_params
+
+    # The same merge the trainable made, so the config trains exactly what the trial trained.
+    config = merge_config(spec.trainer.to_dict(), params(trial), cpus_per_trial=spec.cpus_per_trial).to_dict()
+    method, total = config["method"], trial.user_attrs.get("total_steps")
+    used = schedule_params(method, bool(config.get("schedule")))
+    schedule = None
+    if used and total:
+        schedule = Schedule(
+            method=method,
+            t0=config["t0"] * total if "t0" in used else None,
+            tau=config["tau"] * total if "tau" in used else None,
+            alpha=config["alpha"] if "alpha" in used else None,
+            T=int(total),
+        )
+    return BestConfig(
+        study_id=study.id,
+        optuna_study_name=study.optuna_study_name,
+        trial_number=trial.number,
+        method=method,
+        val_acc=float(trial.value),
+        test_acc=trial.user_attrs.get("test_acc"),
+        config=config,
+        schedule=schedule,
+        info=trial.user_attrs.get("info") or {},
+    )

@@ -1,0 +1,149 @@
+"""A fake cluster for the API tests: the app's cluster interface (`service.ray_cluster.Cluster`) in
+memory, passed through `create_app(cluster=...)`, so the API runs in milliseconds over a real database.
+Trials are written straight into Optuna's schema, as the driver's OptunaSearch writes them."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api import create_app
+from service.settings import Settings
+
+SPEC = {
+    "name": "fake",
+    "methods": ["smooth", "multitask", {"method": "mixup", "schedule": True}],
+    "n_trials": 8,
+}
+
+
+class FakeCluster:
+    """Jobs are entries of `jobs` (Ray's status names); a test sets a job's status to play the cluster.
+    `before_call` runs at the start of every call (tests use it to look at the database pool)."""
+
+    dashboard_url = "http://fake-ray:8265"
+
+    def __init__(self, resources: dict[str, float] | None = None):
+        self.cluster_resources = resources if resources is not None else {"CPU": 8.0}
+        self.jobs: dict[str, str] = {}
+        self.stopped: list[str] = []
+        self.submit_error: Exception | None = None
+        self.before_call: Callable[[str], None] = lambda name: None
+
+    def resources(self) -> dict[str, float]:
+        self.before_call("resources")
+        return dict(self.cluster_resources)
+
+    def submit_study(self, *, study_id: str, settings: Settings) -> str:
+        self.before_call("submit_study")
+        if self.submit_error is not None:
+            raise self.submit_error
+        job_id = f"transched-{study_id}"
+        self.jobs[job_id] = "PENDING"
+        return job_id
+
+    def job_status(self, job_id: str) -> str | None:
+        self.before_call("job_status")
+        return self.jobs.get(job_id)
+
+    def stop_job(self, job_id: str) -> bool:
+        self.before_call("stop_job")
+        self.stopped.append(job_id)
+        self.jobs[job_id] = "STOPPED"
+        return True
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """A SQLite store at the newest migration, with Optuna's tables: made once, copied for each test
+    (migrating a new file takes four times as long as the rest of an API test)."""
+    data_dir = tmp_path_factory.mktemp("migrated")
+    with TestClient(create_app(Settings(data_dir=data_dir), cluster=FakeCluster())):
+        pass
+    return data_dir
+
+
+@pytest.fixture
+def settings(tmp_path, migrated_sqlite) -> Settings:
+    for db_file in migrated_sqlite.glob("transched.db*"):  # the database, and a WAL file if one is left
+        shutil.copy(db_file, tmp_path / db_file.name)
+    return Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'transched.db'}")
+
+
+@pytest.fixture
+def client(settings, cluster) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, cluster=cluster)) as client:
+        yield client
+
+
+def add_trial(
+    storage: Any,
+    name: str,
+    *,
+    method: str,
+    value: float | None,
+    state: optuna.trial.TrialState = optuna.trial.TrialState.COMPLETE,
+    schedule: bool = False,
+    epochs: list[dict[str, Any]] | None = None,
+    **params: float,
+) -> None:
+    """One trial in Optuna's schema, with the user attrs the driver writes (`sampled`, epochs)."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    sampled = {"method": method, **({"schedule": True} if schedule else {}), **params}
+    attrs: dict[str, Any] = {"sampled": sampled, "total_steps": 100}
+    attrs |= {f"epoch:{e['epoch']:05d}": e for e in epochs or []}
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            value=value,
+            params=params,
+            distributions={k: optuna.distributions.FloatDistribution(-10, 10) for k in params},
+            user_attrs=attrs,
+        )
+    )
+
+
+class Store:
+    """The test's own handle on the app's database: our table through the repository, trials through
+    Optuna (as the driver writes them)."""
+
+    def __init__(self, settings: Settings):
+        from service.db import engine_from, make_sessionmaker, optuna_storage_from
+
+        self.engine = engine_from(settings)
+        self.sessions = make_sessionmaker(self.engine)
+        self.storage = optuna_storage_from(settings)
+
+    def set_status(self, study_id: str, status: str, **values: Any) -> None:
+        from sqlalchemy import update
+
+        from service import repository as repo
+        from service.db import Study, StudyStatus
+
+        with self.sessions() as s:
+            repo.set_status(s, study_id=study_id, status=StudyStatus(status))
+            if values:
+                s.execute(update(Study).where(Study.id == study_id).values(**values))
+                s.commit()
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.storage.engine.dispose()
+
+
+@pytest.fixture
+def store(settings, client) -> Iterator[Store]:
+    store = Store(settings)  # after `client`: the app's lifespan has made the schema
+    yield store
+    store.close()

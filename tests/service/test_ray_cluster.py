@@ -1,0 +1,53 @@
+"""The cluster handle: which cluster, and whether a study could ever be scheduled on it."""
+
+from service.ray_cluster import resource_problem
+from service.schemas import StudySpec
+
+
+def test_a_study_asking_for_gpus_on_a_cpu_cluster_is_refused_with_a_clear_message():
+    problem = resource_problem(StudySpec(gpus_per_trial=0.5), {"CPU": 2.0})
+    assert "gpus_per_trial=0.5" in problem and "0 GPU" in problem
+
+
+def test_fractional_gpus_fit_a_gpu_cluster_and_cpu_studies_fit_a_cpu_cluster():
+    assert resource_problem(StudySpec(gpus_per_trial=0.25), {"CPU": 8.0, "GPU": 1.0}) is None
+    assert resource_problem(StudySpec(), {"CPU": 2.0}) is None
+
+
+def test_more_cpus_per_trial_than_the_cluster_has_is_refused():
+    assert "cpus_per_trial=4" in resource_problem(StudySpec(cpus_per_trial=4), {"CPU": 2.0})
+
+
+def test_custom_resources_must_exist_on_the_cluster():
+    spec = StudySpec(resources_per_trial={"trial_slot": 1})
+    assert "trial_slot" in resource_problem(spec, {"CPU": 2.0})
+    assert resource_problem(spec, {"CPU": 2.0, "trial_slot": 2.0}) is None
+    assert resource_problem(spec, {"CPU": 2.0}, gpus_only=True) is None
+    assert "gpus_per_trial" in resource_problem(StudySpec(gpus_per_trial=1), {}, gpus_only=True)
+
+
+def test_with_ray_address_the_service_uses_that_cluster_and_starts_nothing(tmp_path):
+    from service.ray_cluster import connect
+    from service.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, RAY_ADDRESS="10.1.2.3:6380", RAY_AUTH_TOKEN="tok")
+    cluster = connect(settings)
+    assert (cluster.dashboard_url, cluster.local) == ("http://10.1.2.3:8265", False)
+    assert cluster.headers == {"Authorization": "Bearer tok"}
+    assert not (tmp_path / "ray").exists()
+    explicit = Settings(data_dir=tmp_path, RAY_ADDRESS="ray://h:10001", ray_dashboard_url="http://d:9000/")
+    assert connect(explicit).dashboard_url == "http://d:9000"
+
+
+def test_the_job_client_is_made_once_per_cluster(monkeypatch):
+    import ray.job_submission
+
+    from service.ray_cluster import RayCluster
+
+    made = []
+    monkeypatch.setattr(
+        ray.job_submission, "JobSubmissionClient", lambda url, headers: made.append(url) or url
+    )
+    cluster = RayCluster("http://h:8265", local=False, token="t")
+    assert cluster.client() == cluster.client() == "http://h:8265"
+    assert made == ["http://h:8265"]

@@ -1,0 +1,138 @@
+"""/studies over a fake cluster and a real SQLite database: submit, list with trial counts, read with
+reconciliation against the cluster's job status, stop."""
+
+from datetime import timedelta
+
+import pytest
+from optuna.trial import TrialState
+
+from service.db import utcnow
+from tests.service.conftest import SPEC, add_trial
+
+
+def _create(client, **changes) -> dict:
+    resp = client.post("/studies", json={**SPEC, **changes})
+    assert resp.status_code == 202, resp.text
+    return resp.json()
+
+
+def test_a_study_is_stored_and_its_driver_submitted_as_a_job(client, cluster, settings):
+    created = _create(client, trainer={"data_dir": "data"})
+    assert created["status"] == "pending" and created["ray_job_id"] == f"transched-{created['id']}"
+    assert cluster.jobs == {created["ray_job_id"]: "PENDING"}
+    assert created["links"]["self"] == f"http://testserver/studies/{created['id']}"
+    study = client.get(f"/studies/{created['id']}").json()
+    assert study["ray_job_id"] == created["ray_job_id"] and study["status"] == "pending"
+    assert study["spec"]["trainer"]["data_dir"] == str((settings.data_dir / "data").resolve())
+    assert (study["n_trials"], study["trial_counts"], study["best"]) == (0, {}, None)
+
+
+def test_a_study_asking_for_gpus_the_cluster_lacks_is_422_and_not_stored(client, cluster):
+    resp = client.post("/studies", json={**SPEC, "gpus_per_trial": 0.5})
+    assert resp.status_code == 422
+    assert resp.json() == {
+        "detail": "gpus_per_trial=0.5 but the Ray cluster has 0 GPU(s); "
+        "set gpus_per_trial to 0 to train on CPUs"
+    }
+    assert client.get("/studies").json()["total"] == 0 and cluster.jobs == {}
+
+
+def test_unreadable_cluster_resources_do_not_block_a_submission(client, cluster):
+    def broken(name):
+        if name == "resources":
+            raise ConnectionError("status API down")
+
+    cluster.before_call = broken
+    assert _create(client)["status"] == "pending"
+
+
+def test_a_study_ray_refused_is_503_and_kept_as_failed(client, cluster):
+    cluster.submit_error = RuntimeError("job API said no")
+    resp = client.post("/studies", json=SPEC)
+    assert resp.status_code == 503
+    detail = resp.json()["detail"]
+    assert "it is kept, as failed" in detail and "job API said no" in detail
+    (study,) = client.get("/studies").json()["items"]
+    assert study["status"] == "failed" and study["error"] == "submission failed: job API said no"
+
+
+def test_the_list_counts_each_studys_trials_by_state_and_is_paginated_newest_first(client, store):
+    ids = [_create(client, name=f"s{i}")["id"] for i in range(3)]
+    add_trial(store.storage, f"transched-{ids[0]}", method="smooth", value=0.5, t0=0.1, tau=0.1, alpha=0.0)
+    add_trial(store.storage, f"transched-{ids[0]}", method="multitask", value=0.7, alpha=1.0)
+    add_trial(store.storage, f"transched-{ids[0]}", method="smooth", value=None, state=TrialState.RUNNING)
+    add_trial(store.storage, f"transched-{ids[1]}", method="smooth", value=None, state=TrialState.FAIL)
+    page = client.get("/studies?limit=10").json()
+    assert page["total"] == 3 and [s["name"] for s in page["items"]] == ["s2", "s1", "s0"]
+    by_id = {s["id"]: s for s in page["items"]}
+    assert by_id[ids[0]]["trial_counts"] == {"COMPLETE": 2, "RUNNING": 1} and by_id[ids[0]]["n_trials"] == 3
+    assert by_id[ids[0]]["best"] == {
+        "number": 1,
+        "value": 0.7,
+        "params": {"method": "multitask", "alpha": 1.0},
+    }
+    assert by_id[ids[1]]["trial_counts"] == {"FAIL": 1} and by_id[ids[1]]["best"] is None
+    assert by_id[ids[2]]["trial_counts"] == {} and by_id[ids[2]]["n_trials"] == 0
+    assert [s["name"] for s in client.get("/studies?offset=1&limit=1").json()["items"]] == ["s1"]
+
+
+@pytest.mark.parametrize(
+    "job, status, error",
+    [
+        ("FAILED", "failed", "the driver's Ray job ended as FAILED"),
+        ("SUCCEEDED", "failed", "the driver's Ray job ended as SUCCEEDED"),
+        ("STOPPED", "stopped", None),
+    ],
+)
+def test_a_study_whose_job_ended_without_saying_so_is_ended_and_its_trials_reaped(
+    client, cluster, store, job, status, error
+):
+    created = _create(client)
+    store.set_status(created["id"], "running", heartbeat_at=utcnow())
+    add_trial(
+        store.storage, created["optuna_study_name"], method="smooth", value=None, state=TrialState.RUNNING
+    )
+    assert client.get(f"/studies/{created['id']}").json()["status"] == "running"  # the job still runs
+    cluster.jobs[created["ray_job_id"]] = job
+    study = client.get(f"/studies/{created['id']}").json()
+    assert (study["status"], study["error"], study["trial_counts"]) == (status, error, {"FAIL": 1})
+    assert study["finished_at"] is not None
+
+
+def test_a_running_study_the_cluster_forgot_fails_only_once_its_heartbeat_is_stale(client, cluster, store):
+    created = _create(client)
+    del cluster.jobs[created["ray_job_id"]]  # the cluster restarted
+    store.set_status(created["id"], "running", heartbeat_at=utcnow() - timedelta(seconds=60))
+    assert client.get(f"/studies/{created['id']}").json()["status"] == "running"  # timeout is 300 s
+    store.set_status(created["id"], "running", heartbeat_at=utcnow() - timedelta(seconds=600))
+    study = client.get(f"/studies/{created['id']}").json()
+    assert study["status"] == "failed" and "no heartbeat for over 300s" in study["error"]
+
+
+def test_a_pending_study_forgotten_by_the_cluster_stays_pending(client, cluster):
+    created = _create(client)
+    cluster.jobs.clear()
+    assert client.get(f"/studies/{created['id']}").json()["status"] == "pending"
+
+
+def test_stopping_a_running_study_asks_its_driver(client, cluster, store):
+    created = _create(client)
+    store.set_status(created["id"], "running", heartbeat_at=utcnow())
+    resp = client.post(f"/studies/{created['id']}/stop")
+    assert resp.status_code == 202 and resp.json()["status"] == "stopping"
+    assert cluster.stopped == []  # the driver ends its trials and writes `stopped` itself
+
+
+def test_stopping_a_pending_study_stops_its_job_and_ends_it(client, cluster):
+    created = _create(client)
+    resp = client.post(f"/studies/{created['id']}/stop")
+    assert resp.status_code == 202 and resp.json()["status"] == "stopped"
+    assert cluster.stopped == [created["ray_job_id"]]
+
+
+def test_stopping_an_ended_study_is_409(client, store):
+    created = _create(client)
+    store.set_status(created["id"], "completed")
+    resp = client.post(f"/studies/{created['id']}/stop")
+    assert resp.status_code == 409
+    assert resp.json() == {"detail": f"study {created['id']} has already ended (completed)"}
