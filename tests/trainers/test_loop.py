@@ -109,6 +109,7 @@ def test_same_config_same_results_and_caller_rng_untouched():
     assert c.history != a.history
 
 
+@pytest.mark.slow  # a new interpreter importing torch
 def test_a_separate_process_gets_bit_identical_results():
     here = train(DETERMINISM)
     code = (

@@ -4,6 +4,7 @@ import json
 import multiprocessing as mp
 from pathlib import Path
 
+import pytest
 import torch
 
 from trainers import TrainConfig, train
@@ -28,6 +29,7 @@ def _ask(config_dict, queue):
     queue.put(info["cache"])
 
 
+@pytest.mark.slow  # two spawned interpreters importing torch
 def test_two_concurrent_processes_pretrain_once_and_a_later_request_pretrains_nothing(tmp_path):
     config = dict(BASE, artifact_dir=str(tmp_path / "artifacts"))
     ctx = mp.get_context("spawn")
