@@ -28,6 +28,7 @@ def main() -> None:
                 r = train(
                     dict(
                         method="ict",
+                        unlabeled="source",  # the pool the quoted figures were measured with
                         ict_distance=distance,
                         ict_w_max=w_max,
                         seed=seed,
