@@ -147,3 +147,28 @@ def store(settings, client) -> Iterator[Store]:
     store = Store(settings)  # after `client`: the app's lifespan has made the schema
     yield store
     store.close()
+
+
+# --- a bare store (no app) on SQLite and on PostgreSQL, for the db and repository tests -------------------
+
+
+@pytest.fixture
+def url(database_url):
+    return database_url
+
+
+@pytest.fixture
+def engine(url):
+    from service.db import create_schema, make_engine
+
+    engine = make_engine(url, busy_timeout_ms=1234)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine):
+    from service.db import make_sessionmaker
+
+    return make_sessionmaker(engine)

@@ -4,29 +4,10 @@ migrations, and a database made by an older version upgraded with its studies in
 from datetime import UTC
 
 import optuna
-import pytest
 from sqlalchemy import text
 
 from service import repository as repo
 from service.db import create_schema, make_engine, make_optuna_storage, make_sessionmaker
-
-
-@pytest.fixture
-def url(database_url):
-    return database_url
-
-
-@pytest.fixture
-def engine(url):
-    engine = make_engine(url, busy_timeout_ms=1234)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine):
-    return make_sessionmaker(engine)
 
 
 def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):

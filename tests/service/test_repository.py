@@ -2,29 +2,10 @@
 PostgreSQL database: status transitions, pagination, reaping orphaned trials, trial counts."""
 
 import optuna
-import pytest
 from sqlalchemy import event
 
 from service import repository as repo
-from service.db import StudyStatus, create_schema, make_engine, make_optuna_storage, make_sessionmaker
-
-
-@pytest.fixture
-def url(database_url):
-    return database_url
-
-
-@pytest.fixture
-def engine(url):
-    engine = make_engine(url, busy_timeout_ms=1234)
-    create_schema(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine):
-    return make_sessionmaker(engine)
+from service.db import StudyStatus, make_optuna_storage
 
 
 def test_status_moves_only_from_the_states_given(sessions):
