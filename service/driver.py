@@ -107,6 +107,9 @@ def describe_study(ot_study: Any, spec: StudySpec, *, study_id: str) -> None:
         "backbone": trainer.backbone,
         "epochs": trainer.epochs,
         "n_target": trainer.n_target,
+        # Paths on the API that serves this dashboard (it is mounted in the API process, same host).
+        "api": f"/studies/{study_id}",
+        "report": f"/studies/{study_id}/report",
     }
     for key, value in summary.items():
         ot_study.set_user_attr(key, value)
