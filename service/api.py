@@ -50,9 +50,10 @@ def create_app(
         finally:
             state.close()
 
-    # FastAPIOffline: /docs (Swagger UI) and /redoc serve their JS and CSS from the installed package, not a
-    # CDN, so the docs work without internet.
+    # FastAPIOffline: /docs (Swagger UI) serves its JS and CSS from the installed package, not a CDN, so the
+    # docs work without internet. No ReDoc: its bundle still fetches its logo from cdn.redoc.ly.
     app = FastAPIOffline(
+        redoc_url=None,
         title="transched",
         version="0.1.0",
         summary="Hyperparameter optimisation of transfer-learning schedules on Ray Tune with TPE.",
