@@ -22,10 +22,20 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/transched demo
 
-test: install
+# The browser test (tests/service/test_browser.py) drives Debian's chromium; installed only when missing.
+CHROMIUM := /usr/bin/chromium
+
+test: install $(CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -ra
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	command -v apt-get >/dev/null || { echo "install Chromium at $@ (tests/service/test_browser.py)"; exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 # The inner loop: unit tests only, no server, no Ray head, no CUDA (see the `slow` and `gpu` markers).
 test-fast: install

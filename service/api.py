@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from service.deps import AppState
 from service.errors import ClusterUnavailable, Conflict, DomainError, InvalidForStudy, NotFound
 from service.ray_cluster import Cluster, connect
-from service.routers import health, presets, studies, trials
+from service.routers import dashboard, health, presets, report, studies, trials
 from service.schemas import Problem
 from service.settings import Settings
 
@@ -49,13 +50,17 @@ def create_app(
         finally:
             state.close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs (Swagger UI) serves its JS and CSS from the installed package, not a CDN, so the
+    # docs work without internet. No ReDoc: its bundle still fetches its logo from cdn.redoc.ly.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="transched",
         version="0.1.0",
         summary="Hyperparameter optimisation of transfer-learning schedules on Ray Tune with TPE.",
         lifespan=lifespan,
     )
     app.add_exception_handler(DomainError, _problem)
-    for module in (health, studies, trials, presets):
+    for module in (health, studies, trials, presets, report, dashboard):
         app.include_router(module.router)
+    dashboard.mount(app)  # optuna-dashboard at /dashboard (and the root paths its bundle fetches)
     return app

@@ -35,6 +35,9 @@ from service.trainable import EPOCH_REPORT
 
 logger = logging.getLogger("transched.driver")
 
+OBJECTIVE_NAME = "val_acc"  # the objective's name in Optuna: a trial's best validation accuracy (METRIC)
+INTERMEDIATE = "val_acc"  # the epoch metric reported as Optuna's intermediate value at each epoch
+
 
 def nested(result: dict[str, Any], key: str) -> Any:
     """`result[key]` as the trainable reported it: Tune hands searchers flattened results
@@ -61,10 +64,14 @@ class StoredOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, result)
+        # Not OptunaSearch's own: it reports the objective (the running best) at Tune's iteration. Optuna's
+        # intermediate values here are each epoch's validation accuracy at its epoch, the learning curve
+        # optuna-dashboard draws; the objective (`tell`) stays the best validation accuracy.
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
             return
+        if not result.get("final") and result.get(INTERMEDIATE) is not None:
+            ot_trial.report(float(result[INTERMEDIATE]), int(result["epoch"]))
         if result.get("final"):
             for key in ("test_acc", "best_epoch", "total_steps", "finished_at"):
                 ot_trial.set_user_attr(key, result.get(key))
@@ -77,6 +84,35 @@ class StoredOptunaSearch(OptunaSearch):
                 ot_trial.set_user_attr(key, result.get(key))
         # The trainer's epoch report, stored as it is: its keys are the trainer's, method keys included.
         ot_trial.set_user_attr(f"{EPOCH_ATTR_PREFIX}{int(result['epoch']):05d}", nested(result, EPOCH_REPORT))
+
+
+def describe_study(ot_study: Any, spec: StudySpec, *, study_id: str) -> None:
+    """What a reader of the Optuna study (optuna-dashboard, `optuna.load_study`) needs to know which study
+    it is: the objective's name and the transched study's id, name and spec summary, as study user attrs."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():  # set_metric_names is marked experimental; it is what the dashboard reads
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ot_study.set_metric_names([OBJECTIVE_NAME])
+    trainer = spec.trainer
+    summary = {
+        "transched_id": study_id,
+        "name": spec.name,
+        "methods": ", ".join(spec.resolved_methods()),
+        "n_trials": spec.n_trials,
+        "target": trainer.target,
+        "source": trainer.source,
+        "backbone": trainer.backbone,
+        "epochs": trainer.epochs,
+        "n_target": trainer.n_target,
+        # Paths on the API that serves this dashboard (it is mounted in the API process, same host).
+        "api": f"/studies/{study_id}",
+        "report": f"/studies/{study_id}/report",
+    }
+    for key, value in summary.items():
+        ot_study.set_user_attr(key, value)
 
 
 class StopWhenAsked(Stopper):
@@ -148,6 +184,8 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
         study_name=optuna_name,
         storage=storage,
     )
+    # OptunaSearch has created the Optuna study by now (a space is given): name and describe it.
+    describe_study(optuna.load_study(study_name=optuna_name, storage=storage), spec, study_id=study_id)
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial, **spec.resources_per_trial}
     trainable = tune.with_resources(
         partial(

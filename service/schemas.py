@@ -165,7 +165,9 @@ class Links(BaseModel):
     trials: str
     best: str
     stop: str
-    dashboard: str | None = None
+    report: str  # the study's report page (lambda(t) of the best trials, methods compared, trials)
+    optuna_dashboard: str  # redirects to the study's page in optuna-dashboard (mounted at /dashboard)
+    dashboard: str | None = None  # the study's Ray job in the Ray dashboard
 
 
 class StudyCreated(BaseModel):

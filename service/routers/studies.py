@@ -28,6 +28,8 @@ def links(request: Request, state: State) -> Callable[[str], Links]:
             trials=f"{base}/studies/{study_id}/trials",
             best=f"{base}/studies/{study_id}/best",
             stop=f"{base}/studies/{study_id}/stop",
+            report=f"{base}/studies/{study_id}/report",
+            optuna_dashboard=f"{base}/studies/{study_id}/dashboard",
             dashboard=f"{cluster.dashboard_url}/#/jobs/transched-{study_id}" if cluster else None,
         )
 

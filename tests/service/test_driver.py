@@ -5,8 +5,9 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils import flatten_dict
 
 from service.db import make_optuna_storage
-from service.driver import StoredOptunaSearch, error_summary, nested
+from service.driver import StoredOptunaSearch, describe_study, error_summary, nested
 from service.repository import epoch_history
+from service.schemas import StudySpec
 from service.trainable import EPOCH_REPORT
 
 
@@ -74,3 +75,36 @@ def test_the_searcher_stores_each_epoch_as_the_trainer_reported_it_method_keys_i
     assert epoch_history(trial) == reports
     assert trial.user_attrs["info"] == {"pretrain_cache": {"cache": "hit"}}
     assert (trial.user_attrs["node_id"], trial.user_attrs["test_acc"]) == ("n1", 0.4)
+
+
+def test_intermediate_values_are_each_epochs_val_acc_and_the_value_is_the_best(tmp_path):
+    """optuna-dashboard's learning curve reads the intermediate values: each epoch's validation accuracy
+    at its epoch, not Tune's running best at Tune's iteration; the objective stays the best."""
+    storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    searcher = StoredOptunaSearch(
+        space=_space, metric="best_val_acc", mode="max", storage=storage, study_name="s"
+    )
+    searcher.suggest("t1")
+    val = {1: 0.5, 2: 0.3, 3: 0.4}
+    for e, acc in val.items():
+        report = {"epoch": e, "val_acc": acc, "best_val_acc": max(v for k, v in val.items() if k <= e)}
+        searcher.on_trial_result("t1", {**report, EPOCH_REPORT: report, "training_iteration": e})
+    final = {"epoch": 3, "val_acc": 0.4, "best_val_acc": 0.5, "final": True, "training_iteration": 4}
+    searcher.on_trial_result("t1", final)
+    searcher.on_trial_complete("t1", final)
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert trial.intermediate_values == val
+    assert trial.value == 0.5
+
+
+def test_describe_study_names_the_objective_and_keeps_the_study_summary(tmp_path):
+    storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    spec = StudySpec.model_validate({"name": "digits", "methods": ["smooth", "mixup"], "n_trials": 6})
+    describe_study(optuna.load_study(study_name="s", storage=storage), spec, study_id="abc")
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.metric_names == ["val_acc"]
+    attrs = study.user_attrs
+    assert (attrs["transched_id"], attrs["name"], attrs["n_trials"]) == ("abc", "digits", 6)
+    assert attrs["methods"] == "smooth, mixup"
+    assert {"target", "source", "backbone"} <= set(attrs)
