@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from service.deps import AppState
 from service.errors import ClusterUnavailable, Conflict, DomainError, InvalidForStudy, NotFound
 from service.ray_cluster import Cluster, connect
-from service.routers import health, presets, studies, trials
+from service.routers import health, logs, presets, studies, trials
 from service.schemas import Problem
 from service.settings import Settings
 
@@ -56,6 +56,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_exception_handler(DomainError, _problem)
-    for module in (health, studies, trials, presets):
+    for module in (health, studies, trials, logs, presets):
         app.include_router(module.router)
     return app
