@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,6 +66,7 @@ class Cli:
     api_url: str
     out: Console = field(default_factory=lambda: _console(stderr=False))
     err: Console = field(default_factory=lambda: _console(stderr=True))
+    poll_s: float = 2.0  # how often a watched study is polled (the live view redraws 4 times a second)
     _api: Api | None = None
 
     @property
@@ -77,7 +79,8 @@ class Cli:
 def _console(*, stderr: bool) -> Console:
     console = Console(stderr=stderr, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = 160  # a pipe or a CI log: no terminal to fit, do not cut ids and tables at 80
+        # A pipe or a CI log: no terminal to fit; do not cut ids, tables or lines at 80 columns.
+        console.width, console.soft_wrap = 160, True
     return console
 
 
@@ -126,13 +129,15 @@ def command(name: str | None = None, **kwargs: Any) -> Callable[[Callable[..., A
             cli.err.print(Text(f"error: {message}", style="red"), soft_wrap=True)
             raise typer.Exit(1)
 
-        signature = inspect.signature(fn)
-        ctx_param = inspect.Parameter(
-            "ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context
-        )
-        run.__signature__ = signature.replace(
-            parameters=[ctx_param, *list(signature.parameters.values())[1:]]
-        )
+        # typer reads the parameters off the signature: the command's own, with `ctx` in place of `cli`
+        # (annotations resolved here: this module's are strings, and typer needs Annotated's metadata).
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = [
+            p.replace(annotation=hints[p.name]) for p in list(inspect.signature(fn).parameters.values())[1:]
+        ]
+        ctx = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+        run.__signature__ = inspect.Signature([ctx, *params])
+        run.__annotations__ = {"ctx": typer.Context, **{p.name: p.annotation for p in params}}
         app.command(name, **kwargs)(run)
         return fn
 
@@ -165,7 +170,7 @@ def _echo_json(data: Any) -> None:
 def _follow(cli: Cli, study_id: str) -> None:
     """Watch a study to its end, print how it ended, exit with its status (EXIT_CODES)."""
     try:
-        study = watch(cli.api, study_id, console=cli.out)
+        study = watch(cli.api, study_id, console=cli.out, every_s=cli.poll_s)
     except KeyboardInterrupt:
         cli.err.print(f"stopped watching; the study goes on: transched status {study_id} --watch")
         raise typer.Exit(130) from None
@@ -514,7 +519,7 @@ def demo(
     cli.out.print(f"server up in {duration(time.monotonic() - t0)}; Ray dashboard: {dashboard}")
     created = cli.api.submit(spec)
     cli.out.print(f"submitted study {created['id']} (Optuna study {created['optuna_study_name']})")
-    study = watch(cli.api, created["id"], console=cli.out)
+    study = watch(cli.api, created["id"], console=cli.out, every_s=cli.poll_s)
     out = cli.settings.data_dir / "best.json"
     code = report_end(study, out=cli.out, err=cli.err, hint=lambda _: f"best config written to {out}")
     if code:
