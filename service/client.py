@@ -36,8 +36,9 @@ class Api:
         self.http = http
 
     @classmethod
-    def at(cls, base_url: str, *, timeout_s: float = 30.0) -> Api:
-        return cls(httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s))
+    def at(cls, base_url: str, *, timeout_s: float = 60.0) -> Api:
+        timeout = httpx.Timeout(timeout_s, connect=10.0)  # a study is stored and submitted to Ray in one call
+        return cls(httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout))
 
     @property
     def base_url(self) -> str:
@@ -50,7 +51,7 @@ class Api:
         return resp
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/studies", json=spec, timeout=60).json()
+        return self._call("POST", "/studies", json=spec).json()
 
     def studies(self, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
         return self._call("GET", "/studies", params={"offset": offset, "limit": limit}).json()
@@ -74,7 +75,7 @@ class Api:
 
     def report_file(self, study_id: str, name: str) -> bytes:
         """One file of the study's report (`lambda.svg`, `methods.png`, ...)."""
-        return self._call("GET", f"/studies/{study_id}/report/{name}", timeout=120).content
+        return self._call("GET", f"/studies/{study_id}/report/{name}").content
 
     def presets(self) -> list[dict[str, Any]]:
         return self._call("GET", "/presets").json()
