@@ -174,11 +174,11 @@ def _follow(cli: Cli, study_id: str) -> None:
     except KeyboardInterrupt:
         cli.err.print(f"stopped watching; the study goes on: transched status {study_id} --watch")
         raise typer.Exit(130) from None
-    code = report_end(study, out=cli.out, err=cli.err, hint=_next_step)
+    code = report_end(study, out=cli.out, err=cli.err, hint=_next_step(study_id))
     raise typer.Exit(code)
 
 
-def _next_step(study_id: str) -> str:
+def _next_step(study_id: str) -> str:  # after a completed study
     return f"best config: transched best {study_id} -o best.json; then: transched train best.json"
 
 
@@ -520,14 +520,17 @@ def demo(
     created = cli.api.submit(spec)
     cli.out.print(f"submitted study {created['id']} (Optuna study {created['optuna_study_name']})")
     study = watch(cli.api, created["id"], console=cli.out, every_s=cli.poll_s)
-    out = cli.settings.data_dir / "best.json"
-    code = report_end(study, out=cli.out, err=cli.err, hint=lambda _: f"best config written to {out}")
+    code = report_end(study, out=cli.out, err=cli.err)
     if code:
         raise typer.Exit(code)
     found = cli.api.best(created["id"])
+    out = cli.settings.data_dir / "best.json"
     out.write_text(json.dumps(found, indent=2) + "\n")
-    cli.out.print_json(data=found)
-    cli.out.print(f"best val_acc {found['val_acc']:.4f} ({found['method']}); train it: transched train {out}")
+    test_acc = f", test_acc {found['test_acc']:.4f}" if found.get("test_acc") is not None else ""
+    method, val_acc = _arm(found["config"]), f"val_acc {found['val_acc']:.4f}"
+    params = _params(study["best"]["params"])
+    cli.out.print(f"best: trial {found['trial_number']}, {method}, {val_acc}{test_acc}{params}")
+    cli.out.print(f"its full config: {out}; train it with: transched train {out}")
     cli.out.print(f"Ray dashboard (Jobs tab shows the study's driver): {created['links'].get('dashboard')}")
     cli.out.print("the server and Ray head keep running; stop them with: transched down")
 

@@ -11,7 +11,6 @@ The exit status of `submit --wait`, `status --watch` and `demo` tells how the st
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -104,8 +103,8 @@ def _when(value: str | None) -> datetime | None:
 
 
 def _elapsed_s(study: dict[str, Any], now: datetime) -> float:
-    start = study.get("started_at") or study.get("created_at")
-    return span_s(start, study.get("finished_at"), now=now)
+    # Since submission: the time the user waits, queueing for the cluster included.
+    return span_s(study.get("created_at"), study.get("finished_at"), now=now)
 
 
 def span_s(start: str | None, end: str | None, *, now: datetime | None = None) -> float:
@@ -210,13 +209,13 @@ def summary(study: dict[str, Any]) -> str:
     )
 
 
-def report_end(study: dict[str, Any], *, out: Console, err: Console, hint: Callable[[str], str]) -> int:
-    """Print the summary line, and for a study that did not complete its reason on stderr; return the
-    exit status (`EXIT_CODES`). `hint(study_id)` is the next step shown after a completed study."""
+def report_end(study: dict[str, Any], *, out: Console, err: Console, hint: str | None = None) -> int:
+    """Print the summary line, and for a failed study its reason on stderr; return the exit status
+    (`EXIT_CODES`). `hint` is the next step, shown after a completed study."""
     style = STATUS_STYLE.get(study["status"], "")
     out.print(Text(summary(study), style=style))
-    if study["status"] == "completed":
-        out.print(hint(study["id"]), highlight=False)
+    if study["status"] == "completed" and hint:
+        out.print(hint, highlight=False)
     elif study["status"] == "failed":
         err.print(Text(f"reason: {study.get('error') or 'unknown (see transched logs ' + study['id'] + ')'}"))
     return EXIT_CODES.get(study["status"], 1)

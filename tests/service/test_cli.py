@@ -312,8 +312,8 @@ def test_time_left_is_the_studys_own_pace():
         "status": "running",
         "trial_counts": {"COMPLETE": 3, "FAIL": 1, "RUNNING": 2},
         "spec": {"n_trials": 12},
-        "created_at": "2026-01-01T10:00:00",
-        "started_at": "2026-01-01T10:00:10",
+        "created_at": "2026-01-01T10:00:10",  # elapsed counts from the submission: queueing included
+        "started_at": "2026-01-01T10:00:40",
         "finished_at": None,
         "best": None,
     }

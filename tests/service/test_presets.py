@@ -1,7 +1,8 @@
 """Study presets (service/presets.py): each preset's values against the papers (the table below, typed
-from the papers in shared/papers, not from the module), the expansion rules, the API listing (the CLI's is in test_cli.py),
-and a study submitted with a preset end to end through the REST API up to `/best` and `transched train`.
-No Ray: the cluster is a recording fake (submitting is not what these tests are about)."""
+from the papers in shared/papers, not from the module), the expansion rules, the API listing (the CLI's
+is in test_cli.py), and a study submitted with a preset end to end through the REST API up to `/best`
+and `transched train`. No Ray: the cluster is a recording fake (submitting is not what these tests are
+about)."""
 
 from __future__ import annotations
 
