@@ -90,7 +90,7 @@ def _root(
     api: Annotated[
         str | None,
         typer.Option(
-            envvar="TRANSCHED_API", help="API base URL [default: http://TRANSCHED_HOST:TRANSCHED_PORT]"
+            envvar="TRANSCHED_API", help="API base URL (default: http://TRANSCHED_HOST:TRANSCHED_PORT)"
         ),
     ] = None,
 ) -> None:
@@ -371,7 +371,8 @@ def report(
     cli: Cli,
     study_id: Annotated[str, typer.Argument(metavar="ID")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="directory [default: report-ID]")
+        Path | None,
+        typer.Option("--output", "-o", help="directory for the figures", show_default="report-ID"),
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f")] = Format.svg,
 ) -> None:

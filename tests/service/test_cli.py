@@ -13,6 +13,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from service import repository as repo
 from service.cli import Cli, app
 from service.client import Api
 from service.progress import EXIT_CODES, Progress, StudyView, watch
@@ -74,7 +75,7 @@ def test_status_shows_counts_best_method_and_the_failure_reason(client, store, t
     assert "3/8: 2 finished · 1 running · 0 pruned · 1 failed" in out
     assert "best val_acc 0.8750 (smooth, trial 1): t0=0.1, tau=0.02" in out
     assert "2 of 4 trials failed: RuntimeError: boom" in out
-    assert f"http://fake-ray:8265/#/jobs/transched-{s['id']}" in out
+    assert f"http://fake-ray:8265/#/jobs/{s['ray_job_id']}" in out
     assert "smooth, multitask, mixup+schedule" in out
     code, out, _ = transched("status", s["id"], "--json")
     assert json.loads(out)["trial_counts"] == {"COMPLETE": 2, "FAIL": 1, "RUNNING": 1}
@@ -210,9 +211,11 @@ def _play_driver(store, cluster, *, end: str, error=None):
         if name != "job_status":  # the first GET /studies/ID, after the submission
             return
         cluster.before_call = lambda name: None
-        study_id = next(iter(cluster.jobs)).removeprefix("transched-")
-        add_trial(store.storage, f"transched-{study_id}", method="smooth", value=0.625, t0=0.1)
-        add_trial(store.storage, f"transched-{study_id}", method="target", value=None, state=FAIL)
+        with store.sessions() as session:  # the one study, just submitted
+            (study,), _ = repo.list_studies(session, offset=0, limit=1)
+        study_id = study.id
+        add_trial(store.storage, study.optuna_study_name, method="smooth", value=0.625, t0=0.1)
+        add_trial(store.storage, study.optuna_study_name, method="target", value=None, state=FAIL)
         store.set_status(study_id, "running")
         store.set_status(study_id, end, error=error)
 
