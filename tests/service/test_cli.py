@@ -4,6 +4,7 @@ real server and Ray is in test_cli_end_to_end.py."""
 
 import io
 import json
+import logging
 import subprocess
 import sys
 
@@ -60,6 +61,9 @@ def test_list_shows_each_study_in_a_table(client, store, transched):
     assert rows[b["id"]].split()[1:5] == ["second", "pending", "0/8", "-"]
     code, out, _ = transched("list", "--json")
     assert {s["id"] for s in json.loads(out)["items"]} == {a["id"], b["id"]}
+    # a log line per HTTP request is noise, not progress
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("httpcore").getEffectiveLevel() == logging.WARNING
 
 
 def test_status_shows_counts_best_method_and_the_failure_reason(client, store, transched):
