@@ -61,9 +61,11 @@ def test_list_shows_each_study_in_a_table(client, store, transched):
     assert rows[b["id"]].split()[1:5] == ["second", "pending", "0/8", "-"]
     code, out, _ = transched("list", "--json")
     assert {s["id"] for s in json.loads(out)["items"]} == {a["id"], b["id"]}
-    # a log line per HTTP request is noise, not progress
-    assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
-    assert logging.getLogger("httpcore").getEffectiveLevel() == logging.WARNING
+    # a log line per HTTP request is noise, not progress: the command sets httpx's loggers to WARNING
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    transched("list")
+    assert logging.getLogger("httpx").level == logging.getLogger("httpcore").level == logging.WARNING
 
 
 def test_status_shows_counts_best_method_and_the_failure_reason(client, store, transched):
