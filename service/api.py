@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 from service.deps import AppState
 from service.errors import ClusterUnavailable, Conflict, DomainError, InvalidForStudy, NotFound
 from service.ray_cluster import Cluster, connect
-from service.routers import dashboard, health, presets, report, studies, trials
+from service.routers import dashboard, health, logs, presets, report, studies, trials
 from service.schemas import Problem
 from service.settings import Settings
 
@@ -60,7 +60,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_exception_handler(DomainError, _problem)
-    for module in (health, studies, trials, presets, report, dashboard):
+    for module in (health, studies, trials, logs, presets, report, dashboard):
         app.include_router(module.router)
     dashboard.mount(app)  # optuna-dashboard at /dashboard (and the root paths its bundle fetches)
     return app

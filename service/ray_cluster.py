@@ -48,6 +48,8 @@ class Cluster(Protocol):
 
     def stop_job(self, job_id: str) -> bool: ...
 
+    def job_logs(self, job_id: str) -> str | None: ...
+
 
 @dataclass
 class RayCluster:
@@ -108,6 +110,15 @@ class RayCluster:
         except Exception:
             logger.warning("could not stop Ray job %s", job_id, exc_info=True)
             return False
+
+    def job_logs(self, job_id: str) -> str | None:
+        """The driver's log (stdout and stderr of the job) so far; None if the cluster does not know the
+        job (restarted, or the job never started)."""
+        try:
+            return str(self.client().get_job_logs(job_id))
+        except Exception:
+            logger.debug("no logs for job %s", job_id, exc_info=True)
+            return None
 
 
 def _free_port() -> int:

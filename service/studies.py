@@ -136,6 +136,19 @@ def stop(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> Study
     return find(sessions, study_id)
 
 
+def job_logs(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> str:
+    """The log of the study's driver (its Ray job), as the cluster keeps it."""
+    study = find(sessions, study_id)
+    if not study.ray_job_id:
+        raise Conflict(f"study {study_id} has no Ray job ({study.status}: {study.error or 'not submitted'})")
+    if cluster is None:
+        raise ClusterUnavailable("the Ray cluster is not reachable")
+    logs = cluster.job_logs(study.ray_job_id)
+    if logs is None:
+        raise NotFound(f"the Ray cluster has no logs of job {study.ray_job_id} (was it restarted?)")
+    return logs
+
+
 # --- reading: trials live in Optuna's schema ------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ class FakeCluster:
         self.cluster_resources = resources if resources is not None else {"CPU": 8.0}
         self.jobs: dict[str, str] = {}
         self.stopped: list[str] = []
+        self.logs: dict[str, str] = {}
         self.submit_error: Exception | None = None
         self.before_call: Callable[[str], None] = lambda name: None
 
@@ -57,6 +58,10 @@ class FakeCluster:
         self.stopped.append(job_id)
         self.jobs[job_id] = "STOPPED"
         return True
+
+    def job_logs(self, job_id: str) -> str | None:
+        self.before_call("job_logs")
+        return self.logs.get(job_id)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Study presets (service/presets.py): each preset's values against the papers (the table below, typed
-from the papers in shared/papers, not from the module), the expansion rules, the API and CLI listing,
-and a study submitted with a preset end to end through the REST API up to `/best` and `transched train`.
-No Ray: the cluster is a recording fake (submitting is not what these tests are about)."""
+from the papers in shared/papers, not from the module), the expansion rules, the API listing (the CLI's
+is in test_cli.py), and a study submitted with a preset end to end through the REST API up to `/best`
+and `transched train`. No Ray: the cluster is a recording fake (submitting is not what these tests are
+about)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 
 import optuna
 import pytest
+from typer.testing import CliRunner
 
 from service import repository as repo
 from service.presets import PRESETS, get_preset
@@ -270,20 +272,6 @@ def test_api_lists_presets_and_shows_one(client):
     assert missing.status_code == 404 and "unknown preset" in missing.json()["detail"]
 
 
-def test_cli_presets_calls_the_api(client, monkeypatch, capsys):
-    from service import cli
-
-    def fake_get(url, timeout):  # the CLI's HTTP call, answered by the app in-process
-        return client.get(url.removeprefix("http://api.test"))
-
-    monkeypatch.setattr(cli.httpx, "get", fake_get)
-    assert cli.main(["--api", "http://api.test", "presets"]) == 0
-    out = capsys.readouterr().out
-    assert "stl-cifar@1" in out and "xmixup@1" in out
-    assert cli.main(["--api", "http://api.test", "presets", "stl-svhn"]) == 0
-    assert json.loads(capsys.readouterr().out)["trainer"]["backbone"] == "wrn10_2"
-
-
 def _submit_and_complete(store, client, cluster, body) -> tuple[str, dict]:
     """POST the spec, then play the driver: one completed trial in the study's Optuna storage."""
     created = client.post("/studies", json=body)
@@ -323,7 +311,7 @@ def test_study_with_a_preset_stores_the_expanded_spec(store, client, cluster, ke
     assert [m["method"] for m in stored["methods"]] == study["methods"]
 
 
-def test_best_of_a_preset_study_is_a_config_transched_train_runs(store, client, cluster, tmp_path, capsys):
+def test_best_of_a_preset_study_is_a_config_transched_train_runs(store, client, cluster, settings, tmp_path):
     """`/best` holds the preset's recipe with the trial's params; TrainConfig accepts it unchanged, and
     `transched train` runs it up to the data: CIFAR cannot be downloaded here, so the run ends at the
     loader's clear 'not found' error (not at a config error) -- the honest end of this path here."""
@@ -345,10 +333,12 @@ def test_best_of_a_preset_study_is_a_config_transched_train_runs(store, client, 
     )
     path = tmp_path / "best.json"
     path.write_text(json.dumps(body))
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["train", str(path), "--out", str(tmp_path / "run")])
-    message = str(exit_info.value)
-    assert "dataset 'cifar10' not found" in message and "never downloads" in message
+    result = CliRunner().invoke(
+        cli.app, ["train", str(path), "--out", str(tmp_path / "run")], obj=cli.Cli(settings, "http://unused")
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    message = " ".join(result.stderr.split())  # one message, wrapped or not
+    assert message.startswith("error: dataset 'cifar10' not found") and "never downloads" in message
     with pytest.raises(DatasetNotFoundError):
         train(config)
 
