@@ -39,7 +39,7 @@ $(CHROMIUM):
 
 # The inner loop: unit tests only, no server, no Ray head, no CUDA (see the `slow` and `gpu` markers).
 test-fast: install
-	$(PY) -m pytest -ra -m "not slow and not gpu"
+	$(PY) -m pytest -ra -m "not slow and not gpu" -n 2
 
 lint: install
 	$(PY) -m ruff check .

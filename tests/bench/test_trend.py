@@ -34,6 +34,7 @@ def test_lambda_shape_names_the_special_case(trend):
     assert slow["lambda_at"]["0.75"] == round(loss_weight("smooth", 750, 1000, t0=0.0, tau=0.2, alpha=0.0), 3)
 
 
+@pytest.mark.slow  # trains a few dozen short runs
 def test_trend_runs_on_a_minimal_budget(trend, tmp_path):
     budget = trend.Budget(
         sizes=(20,),

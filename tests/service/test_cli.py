@@ -336,6 +336,7 @@ def test_time_left_is_the_studys_own_pace():
     assert Progress.of({**study, "status": "completed", "finished_at": "2026-01-01T10:01:10"}).elapsed_s == 60
 
 
+@pytest.mark.slow  # three new interpreters
 def test_cli_errors_are_one_clear_line_not_a_traceback(tmp_path):
     def run(*args):
         out = subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True)

@@ -343,6 +343,7 @@ def test_best_of_a_preset_study_is_a_config_transched_train_runs(store, client, 
         train(config)
 
 
+@pytest.mark.slow  # a ResNet-20 / WRN-10-2 run each
 @pytest.mark.parametrize("key", ["stl-cifar@1", "stl-svhn@1"])
 def test_the_best_config_trains_with_only_the_data_swapped(store, client, cluster, key):
     """The recipe itself (backbone, bn, dropout, lr schedule, batch) runs through trainers.train: the same
