@@ -73,7 +73,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from service.api import create_app
+    from service.ray_cluster import dashboard_login_help
 
+    print(dashboard_login_help(settings), flush=True)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
     )
