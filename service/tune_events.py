@@ -44,8 +44,8 @@ class TrialEventLog(Callback):
         self._prefix, self._metric, self._epochs = f"[{study_name}]", metric, epochs
         self._ended: dict[str, str] = {}  # Tune trial id -> finished | pruned | failed
 
-    def _number(self, trial: Any) -> Any:
-        return trial.config.get(TRIAL_NUMBER, "?")
+    def _number(self, trial: Any) -> int:
+        return trial.config.get(TRIAL_NUMBER, -1)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         logger.info("%s trial %s started: %s", self._prefix, self._number(trial), _params(trial.config))
@@ -108,7 +108,8 @@ class TrialEventLog(Callback):
         finished = [t for t in trials if self._ended.get(t.trial_id) == "finished"]
         if not finished:
             return text + "; no trial finished"
-        best = max(finished, key=lambda t: t.last_result.get(self._metric, float("-inf")))
+        # The highest value, the lowest trial number on ties (as /best and Optuna choose).
+        best = max(finished, key=lambda t: (t.last_result.get(self._metric, float("-inf")), -self._number(t)))
         value = _fmt(best.last_result.get(self._metric))
         return (
             f"{text}; best trial {self._number(best)} {self._metric}={value} "
