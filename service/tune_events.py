@@ -5,8 +5,8 @@ One line per trial event, each naming the study's trial by its Optuna number (th
 
     [digits-demo] trial 3 started: method=smooth t0=0.12 tau=0.31 alpha=0.05
     [digits-demo] trial 3 epoch 2/4: val_acc=0.8125 lambda=0.4211 best_val_acc=0.8125
-    [digits-demo] trial 3 finished: best_val_acc=0.8438 (epoch 3 of 4)
-    [digits-demo] trial 5 pruned after epoch 2: best_val_acc=0.5000
+    [digits-demo] trial 3 finished: best_val_acc=0.8438 at epoch 3 of 4, test_acc=0.8271
+    [digits-demo] trial 5 pruned after epoch 2: best_val_acc=0.5
     [digits-demo] trial 6 failed: DatasetNotFoundError: dataset 'cifar10' not found ...
     [digits-demo] summary: 6 trials: 4 finished, 1 pruned, 1 failed; best trial 3 best_val_acc=0.8438 ...
 
@@ -71,7 +71,7 @@ class TrialEventLog(Callback):
         if last.get("final"):
             self._ended[trial.trial_id] = "finished"
             logger.info(
-                "%s trial %s finished: %s=%s (epoch %s of %s) test_acc=%s",
+                "%s trial %s finished: %s=%s at epoch %s of %s, test_acc=%s",
                 self._prefix, self._number(trial), self._metric, value, last.get("best_epoch"),
                 last.get("epoch"), _fmt(last.get("test_acc")),
             )  # fmt: skip

@@ -101,6 +101,14 @@ class RayWatcher:
         self.samples: dict[str, list] = {}  # metric name -> this study's samples, seen while it ran
         self._next = 0.0
 
+    def final_logs(self, job_id: str, timeout_s: float = 60) -> str:
+        """The job's whole log, once its driver has exited (just after it writes the study's end)."""
+        deadline = time.monotonic() + timeout_s
+        while self.client.get_job_status(job_id).value in ("PENDING", "RUNNING"):
+            assert time.monotonic() < deadline, f"job {job_id} did not end"
+            time.sleep(0.5)
+        return self.client.get_job_logs(job_id)
+
     def look(self, job_id: str) -> None:
         if time.monotonic() < self._next:
             return
@@ -166,9 +174,8 @@ def test_the_ray_job_names_the_study_and_logs_each_trial_by_the_studys_own_numbe
     api, study_id, client = server["api"], finished["study"]["id"], finished["ray"].client
     job_id = finished["created"]["ray_job_id"]
     assert job_id == f"transched-e2e-digits-{study_id}"
-    deadline = time.monotonic() + 60  # the driver exits just after it writes the study's end
-    while (info := client.get_job_info(job_id)).status.value == "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.5)
+    logs = finished["ray"].final_logs(job_id)
+    info = client.get_job_info(job_id)
     assert info.submission_id == job_id and info.status.value == "SUCCEEDED"
     assert info.metadata == {
         "job_name": "transched study e2e-digits",  # the dashboard's Name column
@@ -182,14 +189,13 @@ def test_the_ray_job_names_the_study_and_logs_each_trial_by_the_studys_own_numbe
     # While the study ran, its log already told of its trials ...
     assert re.search(r"\[e2e-digits\] trial \d+ (started|epoch)", finished["ray"].logs_while_running)
     # ... and at its end it has every event of every trial, by the study's own (Optuna's) numbers.
-    logs = client.get_job_logs(job_id)
     trials = httpx.get(f"{api}/studies/{study_id}/trials?limit=100", timeout=30).json()["items"]
     for t in trials:
         n, method = t["number"], t["params"]["method"]
         assert len(re.findall(rf"\[e2e-digits\] trial {n} started: .*method={method}", logs)) == 1, logs
         for epoch in (1, 2, 3, 4):
             assert re.search(rf"\[e2e-digits\] trial {n} epoch {epoch}/4: val_acc=\S+ lambda=\S+", logs)
-        assert re.search(rf"\[e2e-digits\] trial {n} finished: best_val_acc={t['value']:.4g} ", logs)
+        assert re.search(rf"\[e2e-digits\] trial {n} finished: best_val_acc={t['value']:.4g} at epoch ", logs)
     assert len(re.findall(r"\[e2e-digits\] trial \d+ started", logs)) == len(trials) == 6
     summary = re.search(
         r"\[e2e-digits\] summary: 6 trials: 6 finished, 0 pruned, 0 failed; best trial (\d+) "
@@ -301,6 +307,14 @@ def test_stop_ends_a_running_study_without_leaving_running_trials(server, finish
         time.sleep(0.5)
     assert study["status"] == "stopped"
     assert "RUNNING" not in study["trial_counts"]
+    # The job's log says which trials the stop cut short (Optuna: PRUNED), by the study's numbers.
+    logs = finished["ray"].final_logs(created["ray_job_id"])
+    pruned = {int(n) for n in re.findall(r"\[e2e-stop\] trial (\d+) pruned after epoch \d+", logs)}
+    assert pruned and pruned == {
+        t["number"]
+        for t in httpx.get(f"{api}/studies/{created['id']}/trials?limit=100").json()["items"]
+        if t["state"] == "PRUNED"
+    }, logs
     assert sum(study["trial_counts"].values()) < 40
 
 
@@ -333,3 +347,7 @@ def test_a_study_whose_data_is_missing_fails_with_the_datasets_message_not_a_tra
     assert error.startswith("2 of 2 trials failed: DatasetNotFoundError: dataset 'cifar10' not found"), error
     assert str(server["data_dir"] / "nowhere") in error  # the folder looked in, made absolute at submission
     assert "Traceback" not in error and 'File "' not in error
+    logs = finished["ray"].final_logs(created["ray_job_id"])
+    for n in (0, 1):
+        assert re.search(rf"\[e2e-no-data\] trial {n} failed: DatasetNotFoundError: dataset 'cifar10'", logs)
+    assert "[e2e-no-data] summary: 2 trials: 0 finished, 0 pruned, 2 failed; no trial finished" in logs

@@ -42,7 +42,7 @@ def test_each_trial_event_is_one_line_naming_the_studys_trial_number_and_a_summa
         "[demo] trial 6 started: method=finetune",
         "[demo] trial 4 epoch 1/2: val_acc=0.25 lambda=0.5 best_val_acc=0.25",
         "[demo] trial 4 epoch 2/2: val_acc=0.5 lambda=0.5 best_val_acc=0.5",
-        "[demo] trial 4 finished: best_val_acc=0.5 (epoch 2 of 2) test_acc=0.4",
+        "[demo] trial 4 finished: best_val_acc=0.5 at epoch 2 of 2, test_acc=0.4",
         "[demo] trial 5 pruned after epoch 1: best_val_acc=0.1",
         "[demo] trial 6 failed: DatasetNotFoundError: dataset 'cifar10' not found",
         "[demo] summary: 3 trials: 1 finished, 1 pruned, 1 failed; best trial 4 best_val_acc=0.5 "
