@@ -8,7 +8,8 @@ One line per trial event, each naming the study's trial by its Optuna number (th
     [digits-demo] trial 3 finished: best_val_acc=0.8438 at epoch 3 of 4, test_acc=0.8271
     [digits-demo] trial 5 pruned after epoch 2: best_val_acc=0.5
     [digits-demo] trial 6 failed: DatasetNotFoundError: dataset 'cifar10' not found ...
-    [digits-demo] summary: 6 trials: 4 finished, 1 pruned, 1 failed; best trial 3 best_val_acc=0.8438 ...
+    [digits-demo] trial 7 stopped after epoch 3: best_val_acc=0.75
+    [digits-demo] summary: 8 trials: 5 finished, 1 pruned, 1 failed, 1 stopped; best trial 3 ...
 
 The Optuna number reaches Tune inside the trial's config under `TRIAL_NUMBER`, put there by the
 driver's searcher (the trainable tags its metrics with it too, and `merge_config` drops it).
@@ -17,6 +18,7 @@ driver's searcher (the trainable tags its metrics with it too, and `merge_config
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -28,6 +30,15 @@ logger = logging.getLogger("transched.trials")
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _error_text(trial: Any) -> str | None:
+    """The trial's error as Tune wrote it: the local error file (written before this callback runs;
+    the copy under the storage path may not be there yet), else the stored one."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return trial.get_error()
 
 
 def _params(config: dict[str, Any]) -> str:
@@ -86,7 +97,7 @@ class TrialEventLog(Callback):
         from service.driver import error_summary
 
         self._ended[trial.trial_id] = "failed"
-        error = trial.get_error() or "unknown error (see the trial's error file)"
+        error = _error_text(trial) or "unknown error (see the trial's error file)"
         logger.warning(
             "%s trial %s failed: %s", self._prefix, self._number(trial), error_summary(error, limit=300)
         )
@@ -97,12 +108,22 @@ class TrialEventLog(Callback):
         )
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # A stopped study ends Tune with its running trials cut off and no callback for them: say so here
+        # (the driver then fails them in Optuna, as it does every trial left RUNNING).
+        for trial in trials:
+            if trial.trial_id not in self._ended and trial.last_result:
+                self._ended[trial.trial_id] = "stopped"
+                logger.info(
+                    "%s trial %s stopped after epoch %s: %s=%s",
+                    self._prefix, self._number(trial), trial.last_result.get("epoch", 0), self._metric,
+                    _fmt(trial.last_result.get(self._metric)),
+                )  # fmt: skip
         logger.info("%s summary: %s", self._prefix, self.summary(trials))
 
     def summary(self, trials: list) -> str:
         counts = {
             kind: sum(1 for k in self._ended.values() if k == kind)
-            for kind in ("finished", "pruned", "failed")
+            for kind in ("finished", "pruned", "failed", "stopped")
         }
         text = f"{len(trials)} trials: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
         finished = [t for t in trials if self._ended.get(t.trial_id) == "finished"]
