@@ -8,6 +8,7 @@ file in the data dir, and every client of it (this process, the drivers) reads t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +228,15 @@ def _state_dir(settings: Settings) -> Path:
     return settings.data_dir.resolve() / "ray"
 
 
+def _temp_dir(settings: Settings) -> Path:
+    """The local head's own Ray temp dir. Ray's default, /tmp/ray, is shared by every head on the host,
+    and its `ray_current_cluster` file names the newest one: a job's driver, connecting with "auto",
+    could join another service's head. Short (Ray's socket paths must fit in 107 bytes) and fixed per
+    data dir."""
+    digest = hashlib.sha1(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"transched-ray-{digest}"
+
+
 def local_head(settings: Settings) -> RayCluster | None:
     """The local head recorded in the data dir, if it is still alive."""
     state_file = _state_dir(settings) / "head.json"
@@ -258,7 +269,7 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
         ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--include-dashboard=true",
         "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}",
-        f"--metrics-export-port={metrics_port}",
+        f"--metrics-export-port={metrics_port}", f"--temp-dir={_temp_dir(settings)}",
         f"--min-worker-port={20000}", f"--max-worker-port={29999}",
     ]  # fmt: skip
     if settings.ray_num_cpus:
