@@ -460,8 +460,10 @@ def serve(cli: Cli) -> None:
     import uvicorn
 
     from service.api import create_app
+    from service.ray_cluster import dashboard_login_help
 
     settings = cli.settings
+    cli.out.print(dashboard_login_help(settings), highlight=False, soft_wrap=True)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()
     )

@@ -31,7 +31,8 @@ from service.repository import (
 )
 from service.schemas import METRIC, StudySpec
 from service.settings import Settings
-from service.trainable import EPOCH_REPORT
+from service.trainable import EPOCH_REPORT, TRIAL_NUMBER
+from service.tune_events import TrialEventLog
 
 logger = logging.getLogger("transched.driver")
 
@@ -54,6 +55,7 @@ class StoredOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if config is not None:
             self._ot_trials[trial_id].set_user_attr("sampled", config)
+            config = {**config, TRIAL_NUMBER: self._ot_trials[trial_id].number}  # see service.tune_events
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -193,6 +195,7 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
             fixed=spec.trainer.to_dict(),
             cpus_per_trial=spec.cpus_per_trial,
             gpus_per_trial=spec.gpus_per_trial,
+            study={"study_id": study_id, "study_name": spec.name},
         ),
         resources,
     )
@@ -210,7 +213,8 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
             stop=StopWhenAsked(settings, study_id),
             # A trial whose worker or node died is rerun (on any node that fits) up to max_retries times.
             failure_config=tune.FailureConfig(max_failures=spec.max_retries),
-            verbose=1,
+            callbacks=[TrialEventLog(spec.name, metric=METRIC, epochs=spec.trainer.epochs)],
+            verbose=0,  # Tune's status tables name trials as Tune does; TrialEventLog names them as the study
         ),
     )
 

@@ -8,14 +8,17 @@ file in the data dir, and every client of it (this process, the drivers) reads t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +45,9 @@ class Cluster(Protocol):
 
     def resources(self) -> dict[str, float]: ...
 
-    def submit_study(self, *, study_id: str, settings: Settings) -> str: ...
+    def submit_study(
+        self, *, study_id: str, spec: StudySpec, settings: Settings, study_url: str | None = None
+    ) -> str: ...
 
     def job_status(self, job_id: str) -> str | None: ...
 
@@ -81,7 +86,10 @@ class RayCluster:
         usage = resp.json()["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
         return {name: float(used_total[1]) for name, used_total in usage.items()}
 
-    def submit_study(self, *, study_id: str, settings: Settings) -> str:
+    def submit_study(
+        self, *, study_id: str, spec: StudySpec, settings: Settings, study_url: str | None = None
+    ) -> str:
+        """Submit the study's driver as a Ray job named after the study (see `job_submission_id`)."""
         python = sys.executable if self.local else settings.driver_python
         env = {
             "TRANSCHED_DATABASE_URL": settings.resolved_database_url,
@@ -90,9 +98,9 @@ class RayCluster:
         }
         job_id = self.client().submit_job(
             entrypoint=f"{python} -m service.driver {study_id}",
-            submission_id=f"transched-{study_id}",
+            submission_id=job_submission_id(study_id, spec.name),
             runtime_env={"env_vars": env},
-            metadata={"transched_study": study_id},
+            metadata=job_metadata(study_id, spec, study_url),
         )
         logger.info("submitted study %s as Ray job %s", study_id, job_id)
         return job_id
@@ -119,6 +127,46 @@ class RayCluster:
         except Exception:
             logger.debug("no logs for job %s", job_id, exc_info=True)
             return None
+
+
+def job_submission_id(study_id: str, name: str) -> str:
+    """The Ray job of a study: `transched-<name as a slug>-<id>`, so the dashboard's Jobs table and
+    `ray job list` say which study a job runs; the id keeps it unique."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
+    return f"transched-{slug}-{study_id}" if slug else f"transched-{study_id}"
+
+
+def job_metadata(study_id: str, spec: StudySpec, study_url: str | None) -> dict[str, str]:
+    """The study as the dashboard shows it with its job: Ray's job metadata is str -> str, and the
+    dashboard's Name column reads its `job_name` key."""
+    meta = {
+        "job_name": f"transched study {spec.name}",
+        "transched_study": study_id,
+        "study_name": spec.name,
+        "methods": ",".join(spec.resolved_methods()),
+        "n_trials": str(spec.n_trials),
+    }
+    if study_url:
+        meta["study_url"] = study_url
+    return meta
+
+
+def dashboard_login_help(settings: Settings) -> str:
+    """Where the Ray dashboard is, where its token lives and how to log in (`transched serve` prints
+    it; the README says the same)."""
+    if settings.ray_address:
+        return (
+            f"Ray dashboard: {settings.ray_dashboard_url or 'the host of RAY_ADDRESS, port 8265'}; log in "
+            "with the cluster's token (the one given to this service as RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH)"
+        )
+    token = _state_dir(settings) / "auth_token"
+    return (
+        f"Ray dashboard: http://127.0.0.1:{settings.ray_dashboard_port} (another free port if that one is "
+        f"taken: GET /healthz names it). It asks for a token: paste the content of {token} "
+        f"(`cat {token}`) into its login box. Its hint `ray get-auth-token` finds no token by itself: it "
+        f"reads ~/.ray/auth_token, and this head's token is the file above; "
+        f"`RAY_AUTH_TOKEN_PATH={token} ray get-auth-token` prints it."
+    )
 
 
 def _free_port() -> int:
@@ -191,6 +239,15 @@ def _state_dir(settings: Settings) -> Path:
     return settings.data_dir.resolve() / "ray"
 
 
+def _temp_dir(settings: Settings) -> Path:
+    """The local head's own Ray temp dir. Ray's default, /tmp/ray, is shared by every head on the host,
+    and its `ray_current_cluster` file names the newest one: a job's driver, connecting with "auto",
+    could join another service's head. Short (Ray's socket paths must fit in 107 bytes) and fixed per
+    data dir."""
+    digest = hashlib.sha1(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"transched-ray-{digest}"
+
+
 def local_head(settings: Settings) -> RayCluster | None:
     """The local head recorded in the data dir, if it is still alive."""
     state_file = _state_dir(settings) / "head.json"
@@ -216,10 +273,14 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
         raise RayUnavailable("the `ray` command was not found next to this Python; is ray installed?")
     port = settings.ray_head_port if _port_free(settings.ray_head_port) else _free_port()
     dash_port = settings.ray_dashboard_port if _port_free(settings.ray_dashboard_port) else _free_port()
+    metrics_port = settings.ray_metrics_export_port
+    if not _port_free(metrics_port):
+        metrics_port = _free_port()
     cmd = [
         ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--include-dashboard=true",
         "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}",
+        f"--metrics-export-port={metrics_port}", f"--temp-dir={_temp_dir(settings)}",
         f"--min-worker-port={20000}", f"--max-worker-port={29999}",
     ]  # fmt: skip
     if settings.ray_num_cpus:
@@ -241,7 +302,12 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
         raise RayUnavailable(
             f"the Ray head's dashboard did not come up within {timeout_s:.0f}s; see {log_path}"
         )
-    state = {"pid": proc.pid, "dashboard_url": url, "gcs_address": f"127.0.0.1:{port}"}
+    state = {
+        "pid": proc.pid,
+        "dashboard_url": url,
+        "gcs_address": f"127.0.0.1:{port}",
+        "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",  # Prometheus text: ray_* metrics
+    }
     (state_dir / "head.json").write_text(json.dumps(state))
     logger.info("local Ray head up: dashboard %s, GCS %s", url, state["gcs_address"])
     return RayCluster(url, local=True, pid=proc.pid, token_path=token)

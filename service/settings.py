@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     # The local head's ports: Redis holds 6379 on many machines, so the GCS port is explicit.
     ray_head_port: int = 6390
     ray_dashboard_port: int = 8265
+    # The local head's Prometheus endpoint (http://127.0.0.1:PORT/metrics): Ray's metrics and the trials'
+    # own (`ray_transched_trial_*`, see service/trainable.py); the dashboard's Metrics view reads it too.
+    ray_metrics_export_port: int = 8266
     ray_num_cpus: int | None = Field(default=None, description="CPUs the local head offers; default all")
     # A running study whose driver has written no heartbeat for this long, and whose Ray job the cluster
     # no longer knows, is marked failed.

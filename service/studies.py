@@ -43,8 +43,11 @@ Sessions = sessionmaker[Session]
 TrialFilter = Callable[[FrozenTrial], bool]
 
 
-def submit(spec: StudySpec, *, sessions: Sessions, cluster: Cluster, settings: Settings) -> Study:
-    """Store the study, then submit its driver to Ray as a job; a study Ray refused is kept, as failed."""
+def submit(
+    spec: StudySpec, *, sessions: Sessions, cluster: Cluster, settings: Settings, api_url: str | None = None
+) -> Study:
+    """Store the study, then submit its driver to Ray as a job; a study Ray refused is kept, as failed.
+    `api_url` (the URL the client called; default the configured one) gives the job its link back."""
     try:
         problem = resource_problem(spec, cluster.resources(), gpus_only=True)
     except Exception:  # the status API is best effort; the driver checks again with Ray's own view
@@ -58,7 +61,8 @@ def submit(spec: StudySpec, *, sessions: Sessions, cluster: Cluster, settings: S
         stored = spec.model_dump(mode="json")
         study = repo.create_study(session, name=spec.name, spec=stored, study_id=study_id)
     try:
-        job_id = cluster.submit_study(study_id=study_id, settings=settings)
+        study_url = f"{(api_url or settings.api_url).rstrip('/')}/studies/{study_id}"
+        job_id = cluster.submit_study(study_id=study_id, spec=spec, settings=settings, study_url=study_url)
     except Exception as exc:
         logger.exception("submitting study %s failed", study_id)
         with sessions() as session:
@@ -177,7 +181,12 @@ def best_trial(storage: BaseStorage, *, name: str, where: TrialFilter | None = N
 
 
 def study_page(
-    *, sessions: Sessions, storage: BaseStorage, offset: int, limit: int, links: Callable[[str], Links]
+    *,
+    sessions: Sessions,
+    storage: BaseStorage,
+    offset: int,
+    limit: int,
+    links: Callable[[str, str | None], Links],
 ) -> StudyPage:
     """A page of studies, newest first, each with its trial counts and best trial so far."""
     with sessions() as session:
@@ -187,7 +196,11 @@ def study_page(
 
 
 def overviews(
-    studies: list[Study], *, sessions: Sessions, storage: BaseStorage, links: Callable[[str], Links]
+    studies: list[Study],
+    *,
+    sessions: Sessions,
+    storage: BaseStorage,
+    links: Callable[[str, str | None], Links],
 ) -> list[StudyOut]:
     """Each study with its trial counts by state (one query for all of them) and its best trial so far."""
     with sessions() as session:
@@ -200,7 +213,7 @@ def overviews(
 
 
 def _overview(
-    study: Study, counts: dict[str, int], best: FrozenTrial | None, links: Callable[[str], Links]
+    study: Study, counts: dict[str, int], best: FrozenTrial | None, links: Callable[[str, str | None], Links]
 ) -> StudyOut:
     return StudyOut(
         id=study.id,
@@ -216,7 +229,7 @@ def _overview(
         trial_counts=counts,
         best=BestSoFar(number=best.number, value=best.value, params=params(best)) if best else None,
         spec=StudySpec.model_validate(study.spec),
-        links=links(study.id),
+        links=links(study.id, study.ray_job_id),
     )
 
 

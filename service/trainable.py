@@ -10,6 +10,9 @@ from typing import Any
 # Each epoch's result carries the trainer's report dict, as it came, under this key: the driver stores
 # exactly that dict, so the epoch schema is the trainer's own (its common keys and each method's keys).
 EPOCH_REPORT = "epoch_report"
+# The study's own number of the trial (Optuna's), which the driver's searcher adds to each sampled config:
+# the trial's metrics and the driver's log name it. Not a parameter: `merge_config` drops it.
+TRIAL_NUMBER = "trial_number"
 # What a run found, kept with the trial (see trainers.TrainResult.metrics).
 INFO_KEYS = ("xmixup_pairing", "linearity", "pretrain_cache", "init", "method_info", "data_sizes")
 
@@ -18,7 +21,7 @@ def merge_config(fixed: dict[str, Any], sampled: dict[str, Any], *, cpus_per_tri
     """The one merge of a trial: fixed spec fields, then sampled params on top (same names)."""
     from trainers import TrainConfig
 
-    merged = {**fixed, **sampled}
+    merged = {**fixed, **{k: v for k, v in sampled.items() if k != TRIAL_NUMBER}}
     # Pin intra-op threads to the trial's CPU share: it keeps concurrent trials from fighting over cores,
     # and `transched train best.json` uses the same count, so it reproduces the result bit for bit.
     if merged.get("num_threads") is None:
@@ -38,9 +41,55 @@ def claim_device(gpus_per_trial: float) -> str:
     return f"cuda:0 ({torch.cuda.get_device_name(0)})"
 
 
+class TrialMetrics:
+    """A trial's live metrics, exported through Ray's metrics agent (Prometheus at the node's metrics
+    export port as `ray_transched_trial_*`, and the dashboard's Metrics view): each epoch's validation
+    accuracy, the epoch, lambda(t) at its end, and the training throughput, tagged with the study and the
+    trial's number. Samples per second: the target samples of the steps between two epoch reports
+    (steps x batch_size) over the wall time between them, evaluation included; from epoch 2 on, as the
+    first epoch's time would count the trial's setup."""
+
+    _gauges: dict[str, Any] = {}  # one Gauge per name and process: a reused actor runs many trials
+    TAGS = ("study_id", "study_name", "trial", "method")
+
+    def __init__(self, tags: dict[str, str], batch_size: int):
+        from ray.util.metrics import Gauge
+
+        self.tags, self.batch_size = tags, batch_size
+        self.last: tuple[float, int] | None = None  # (time, step) of the previous report
+        for name, doc in (
+            ("val_acc", "validation accuracy of the trial's latest epoch"),
+            ("epoch", "the trial's latest finished epoch"),
+            ("lambda", "lambda(t), the target weight of the mixed loss, at the latest epoch's end"),
+            ("samples_per_second", "target samples trained per second between the latest two epochs"),
+        ):
+            if name not in self._gauges:
+                self._gauges[name] = Gauge(f"transched_trial_{name}", description=doc, tag_keys=self.TAGS)
+
+    def epoch(self, metrics: dict[str, Any]) -> None:
+        values = {
+            "val_acc": metrics.get("val_acc"),
+            "epoch": metrics.get("epoch"),
+            "lambda": metrics.get("lambda"),
+        }
+        now, step = time.monotonic(), int(metrics.get("step") or 0)
+        if self.last is not None and now > self.last[0]:
+            values["samples_per_second"] = (step - self.last[1]) * self.batch_size / (now - self.last[0])
+        self.last = (now, step)
+        for name, value in values.items():
+            if value is not None:
+                self._gauges[name].set(float(value), tags=self.tags)
+
+
 def run_trial(
-    sampled: dict[str, Any], *, fixed: dict[str, Any], cpus_per_trial: float, gpus_per_trial: float = 0.0
+    sampled: dict[str, Any],
+    *,
+    fixed: dict[str, Any],
+    cpus_per_trial: float,
+    gpus_per_trial: float = 0.0,
+    study: dict[str, str] | None = None,
 ) -> None:
+    """One trial. `study` ({"study_id", "study_name"}) tags its live metrics."""
     import ray
     from ray import tune
 
@@ -54,7 +103,11 @@ def run_trial(
         "started_at": time.time(),
     }
 
+    tags = {**(study or {}), "trial": str(sampled.get(TRIAL_NUMBER, "")), "method": config.method}
+    live = TrialMetrics({k: tags.get(k, "") for k in TrialMetrics.TAGS}, config.batch_size)
+
     def report(metrics: dict[str, Any]) -> None:
+        live.epoch(metrics)
         # Flat for Tune (the objective, its progress table), nested for the store (see EPOCH_REPORT).
         tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where})
 

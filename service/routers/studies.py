@@ -18,11 +18,11 @@ NOT_FOUND = {404: {"model": Problem, "description": "no study with this id"}}
 RAY_DOWN = {503: {"model": Problem, "description": "the Ray cluster is not reachable"}}
 
 
-def links(request: Request, state: State) -> Callable[[str], Links]:
+def links(request: Request, state: State) -> Callable[[str, str | None], Links]:
     """The links of a study, under the URL the client called."""
     base, cluster = str(request.base_url).rstrip("/"), state.cluster
 
-    def of(study_id: str) -> Links:
+    def of(study_id: str, ray_job_id: str | None) -> Links:
         return Links(
             self=f"{base}/studies/{study_id}",
             trials=f"{base}/studies/{study_id}/trials",
@@ -30,16 +30,16 @@ def links(request: Request, state: State) -> Callable[[str], Links]:
             stop=f"{base}/studies/{study_id}/stop",
             report=f"{base}/studies/{study_id}/report",
             optuna_dashboard=f"{base}/studies/{study_id}/dashboard",
-            dashboard=f"{cluster.dashboard_url}/#/jobs/transched-{study_id}" if cluster else None,
+            dashboard=f"{cluster.dashboard_url}/#/jobs/{ray_job_id}" if cluster and ray_job_id else None,
         )
 
     return of
 
 
-LinksDep = Annotated[Callable[[str], Links], Depends(links)]
+LinksDep = Annotated[Callable[[str, str | None], Links], Depends(links)]
 
 
-def _overview(state: State, study: Study, link: Callable[[str], Links]) -> StudyOut:
+def _overview(state: State, study: Study, link: Callable[[str, str | None], Links]) -> StudyOut:
     return studies.overviews([study], sessions=state.sessions, storage=state.storage, links=link)[0]
 
 
@@ -48,16 +48,21 @@ def _overview(state: State, study: Study, link: Callable[[str], Links]) -> Study
     status_code=status.HTTP_202_ACCEPTED,
     responses={422: {"description": "invalid study spec; nothing is stored"}, **RAY_DOWN},
 )
-def create_study(spec: StudySpec, state: State, cluster: ClusterDep, link: LinksDep) -> StudyCreated:
+def create_study(
+    spec: StudySpec, request: Request, state: State, cluster: ClusterDep, link: LinksDep
+) -> StudyCreated:
     """Store the study and submit its driver to Ray as a job; 202: it runs in the background."""
-    study = studies.submit(spec, sessions=state.sessions, cluster=cluster, settings=state.settings)
+    api_url = str(request.base_url).rstrip("/")
+    study = studies.submit(
+        spec, sessions=state.sessions, cluster=cluster, settings=state.settings, api_url=api_url
+    )
     return StudyCreated(
         id=study.id,
         name=study.name,
         status=study.status,
         optuna_study_name=study.optuna_study_name,
         ray_job_id=study.ray_job_id,
-        links=link(study.id),
+        links=link(study.id, study.ray_job_id),
     )
 
 

@@ -14,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
+from service.ray_cluster import job_metadata, job_submission_id
+from service.schemas import StudySpec
 from service.settings import Settings
 
 SPEC = {
@@ -34,6 +36,7 @@ class FakeCluster:
         self.jobs: dict[str, str] = {}
         self.stopped: list[str] = []
         self.logs: dict[str, str] = {}
+        self.submitted: dict[str, dict[str, str]] = {}  # job id -> its metadata
         self.submit_error: Exception | None = None
         self.before_call: Callable[[str], None] = lambda name: None
 
@@ -41,11 +44,14 @@ class FakeCluster:
         self.before_call("resources")
         return dict(self.cluster_resources)
 
-    def submit_study(self, *, study_id: str, settings: Settings) -> str:
+    def submit_study(
+        self, *, study_id: str, spec: StudySpec, settings: Settings, study_url: str | None = None
+    ) -> str:
         self.before_call("submit_study")
         if self.submit_error is not None:
             raise self.submit_error
-        job_id = f"transched-{study_id}"
+        job_id = job_submission_id(study_id, spec.name)
+        self.submitted[job_id] = job_metadata(study_id, spec, study_url)
         self.jobs[job_id] = "PENDING"
         return job_id
 

@@ -101,7 +101,7 @@ def test_the_lifespan_connects_once_and_hands_the_cluster_to_every_request(setti
         for _ in range(3):
             assert client.get("/healthz").json()["ray_dashboard"] == cluster.dashboard_url
         created = client.post("/studies", json=SPEC).json()
-        assert created["links"]["dashboard"] == f"{cluster.dashboard_url}/#/jobs/transched-{created['id']}"
+        assert created["links"]["dashboard"] == f"{cluster.dashboard_url}/#/jobs/{created['ray_job_id']}"
     assert calls == [settings]
 
 

@@ -8,7 +8,7 @@ from service.db import make_optuna_storage
 from service.driver import StoredOptunaSearch, describe_study, error_summary, nested
 from service.repository import epoch_history
 from service.schemas import StudySpec
-from service.trainable import EPOCH_REPORT
+from service.trainable import EPOCH_REPORT, TRIAL_NUMBER
 
 
 def test_error_summary_keeps_the_exception_and_its_whole_message_and_drops_rays_tracebacks():
@@ -71,6 +71,8 @@ def test_the_searcher_stores_each_epoch_as_the_trainer_reported_it_method_keys_i
     searcher.on_trial_result("t1", final)  # Tune hands the last result to both
     searcher.on_trial_complete("t1", final)
     (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    # The study's trial number rides in Tune's config (event log, metrics' tags), not in the store.
+    assert config.pop(TRIAL_NUMBER) == trial.number == 0
     assert trial.user_attrs["sampled"] == config and trial.state == optuna.trial.TrialState.COMPLETE
     assert epoch_history(trial) == reports
     assert trial.user_attrs["info"] == {"pretrain_cache": {"cache": "hit"}}

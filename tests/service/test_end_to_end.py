@@ -4,6 +4,7 @@ real database — a SQLite file and a fresh PostgreSQL database in turn. A digit
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,6 +50,9 @@ def _serve(data_dir, database_url, extra_env=None):
         TRANSCHED_PORT=str(port),
         TRANSCHED_RAY_HEAD_PORT=str(free_port()),
         TRANSCHED_RAY_DASHBOARD_PORT=str(free_port()),
+        TRANSCHED_RAY_METRICS_EXPORT_PORT=str(free_port()),
+        # Ray's own knob (default 10 s): trials here are short, and their metrics are scraped while they run.
+        RAY_metrics_report_interval_ms="2000",
         TRANSCHED_RAY_NUM_CPUS="2",
     )
     env.update(extra_env or {})
@@ -68,11 +72,58 @@ def _serve(data_dir, database_url, extra_env=None):
                 pass
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.5)
-        yield {"api": api, "data_dir": data_dir, "env": env, "database_url": database_url}
+        dashboard = httpx.get(f"{api}/healthz", timeout=2).json()["ray_dashboard"]
+        yield {
+            "api": api,
+            "data_dir": data_dir,
+            "env": env,
+            "database_url": database_url,
+            "ray_dashboard": dashboard,
+        }
     finally:
         proc.terminate()
         proc.wait(30)
         stop_local_head(Settings(data_dir=data_dir))
+
+
+class RayWatcher:
+    """What a user sees of a study in Ray while it runs: its job through the job API (as the dashboard's
+    Jobs view reads it) and the head's Prometheus endpoint (as the Metrics view and Grafana read it)."""
+
+    def __init__(self, data_dir: Path, study_id: str):
+        from ray.job_submission import JobSubmissionClient
+
+        head = json.loads((data_dir / "ray" / "head.json").read_text())
+        token = (data_dir / "ray" / "auth_token").read_text().strip()
+        self.client = JobSubmissionClient(head["dashboard_url"], headers={"Authorization": f"Bearer {token}"})
+        self.metrics_url, self.study_id = head["metrics_url"], study_id
+        self.logs_while_running = ""
+        self.samples: dict[str, list] = {}  # metric name -> this study's samples, seen while it ran
+        self._next = 0.0
+
+    def final_logs(self, job_id: str, timeout_s: float = 60) -> str:
+        """The job's whole log, once its driver has exited (just after it writes the study's end)."""
+        deadline = time.monotonic() + timeout_s
+        while self.client.get_job_status(job_id).value in ("PENDING", "RUNNING"):
+            assert time.monotonic() < deadline, f"job {job_id} did not end"
+            time.sleep(0.5)
+        return self.client.get_job_logs(job_id)
+
+    def look(self, job_id: str) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + 2.0
+        self.logs_while_running = self.client.get_job_logs(job_id)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.metrics_url, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if (
+                    sample.name.startswith("ray_transched_trial_")
+                    and sample.labels.get("study_id") == self.study_id
+                ):
+                    self.samples.setdefault(sample.name, []).append(sample)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +132,7 @@ def finished(server):
     resp = httpx.post(f"{api}/studies", json=STUDY, timeout=60)
     assert resp.status_code == 202, resp.text
     created = resp.json()
+    ray_watch = RayWatcher(server["data_dir"], created["id"])
     running_counts = []
     deadline = time.monotonic() + 420
     while True:
@@ -88,9 +140,11 @@ def finished(server):
         running_counts.append(study["trial_counts"].get("RUNNING", 0))
         if study["status"] in TERMINAL:
             break
+        if study["status"] == "running":
+            ray_watch.look(created["ray_job_id"])
         assert time.monotonic() < deadline, f"study did not finish: {study}"
         time.sleep(0.5)
-    return {"created": created, "study": study, "running_counts": running_counts}
+    return {"created": created, "study": study, "running_counts": running_counts, "ray": ray_watch}
 
 
 def test_study_completes_with_every_trial_stored(server, finished):
@@ -113,6 +167,64 @@ def test_study_completes_with_every_trial_stored(server, finished):
     # pagination
     page = httpx.get(f"{server['api']}/studies/{study['id']}/trials?offset=4&limit=10", timeout=30).json()
     assert [t["number"] for t in page["items"]] == [4, 5]
+
+
+def test_the_ray_job_names_the_study_and_logs_each_trial_by_the_studys_own_number(server, finished):
+    """The study as the Ray dashboard's Jobs view shows it, read through Ray's job API."""
+    api, study_id, client = server["api"], finished["study"]["id"], finished["ray"].client
+    job_id = finished["created"]["ray_job_id"]
+    assert job_id == f"transched-e2e-digits-{study_id}"
+    logs = finished["ray"].final_logs(job_id)
+    info = client.get_job_info(job_id)
+    assert info.submission_id == job_id and info.status.value == "SUCCEEDED"
+    assert info.metadata == {
+        "job_name": "transched study e2e-digits",  # the dashboard's Name column
+        "transched_study": study_id,
+        "study_name": "e2e-digits",
+        "methods": "smooth,finetune",
+        "n_trials": "6",
+        "study_url": f"{api}/studies/{study_id}",
+    }
+    assert f"{server['ray_dashboard']}/#/jobs/{job_id}" == finished["study"]["links"]["dashboard"]
+    # While the study ran, its log already told of its trials ...
+    assert re.search(r"\[e2e-digits\] trial \d+ (started|epoch)", finished["ray"].logs_while_running)
+    # ... and at its end it has every event of every trial, by the study's own (Optuna's) numbers.
+    trials = httpx.get(f"{api}/studies/{study_id}/trials?limit=100", timeout=30).json()["items"]
+    for t in trials:
+        n, method = t["number"], t["params"]["method"]
+        assert len(re.findall(rf"\[e2e-digits\] trial {n} started: .*method={method}", logs)) == 1, logs
+        for epoch in (1, 2, 3, 4):
+            assert re.search(rf"\[e2e-digits\] trial {n} epoch {epoch}/4: val_acc=\S+ lambda=\S+", logs)
+        assert re.search(rf"\[e2e-digits\] trial {n} finished: best_val_acc={t['value']:.4g} at epoch ", logs)
+    assert len(re.findall(r"\[e2e-digits\] trial \d+ started", logs)) == len(trials) == 6
+    summary = re.search(
+        r"\[e2e-digits\] summary: 6 trials: 6 finished, 0 pruned, 0 failed, 0 stopped; best trial (\d+) "
+        r"best_val_acc=(\S+) method=(\w+)",
+        logs,
+    )
+    assert summary, logs
+    best = next(t for t in trials if t["number"] == int(summary[1]))
+    assert f"{best['value']:.4g}" == summary[2] and best["params"]["method"] == summary[3]
+    assert best["value"] == finished["study"]["best"]["value"]
+    assert "run_trial_" not in logs  # Tune's own trial names (its verbose tables) are not there
+
+
+def test_each_running_trial_exports_live_metrics_tagged_with_the_study_and_its_trial_number(finished):
+    """Scraped from the Ray head's Prometheus endpoint while the study ran (Ray prefixes `ray_`)."""
+    samples = finished["ray"].samples
+    names = ("val_acc", "epoch", "lambda", "samples_per_second")
+    assert {f"ray_transched_trial_{n}" for n in names} <= set(samples), sorted(samples)
+    numbers = {str(i) for i in range(6)}
+    for sample in samples["ray_transched_trial_val_acc"]:
+        assert sample.labels["study_name"] == "e2e-digits" and sample.labels["trial"] in numbers
+        assert sample.labels["method"] in ("smooth", "finetune") and 0 <= sample.value <= 1
+    assert {s.value for s in samples["ray_transched_trial_epoch"]} <= {1.0, 2.0, 3.0, 4.0}
+    assert all(s.value > 0 for s in samples["ray_transched_trial_samples_per_second"])
+
+
+def test_serve_says_where_the_dashboard_token_is(server):
+    token = (server["data_dir"] / "ray" / "auth_token").resolve()
+    assert f"paste the content of {token}" in (server["data_dir"] / "server.log").read_text()
 
 
 def test_two_trials_ran_together(server, finished):
@@ -195,6 +307,12 @@ def test_stop_ends_a_running_study_without_leaving_running_trials(server, finish
         time.sleep(0.5)
     assert study["status"] == "stopped"
     assert "RUNNING" not in study["trial_counts"]
+    # The job's log says which trials the stop cut short (Optuna: PRUNED, or FAIL for those Tune dropped
+    # with the run), by the study's numbers.
+    logs = finished["ray"].final_logs(created["ray_job_id"])
+    cut = {int(n) for n in re.findall(r"\[e2e-stop\] trial (\d+) (?:pruned|stopped) after epoch \d+", logs)}
+    trials = httpx.get(f"{api}/studies/{created['id']}/trials?limit=100", timeout=30).json()["items"]
+    assert cut and cut == {t["number"] for t in trials if t["state"] != "COMPLETE"}, logs
     assert sum(study["trial_counts"].values()) < 40
 
 
@@ -227,3 +345,10 @@ def test_a_study_whose_data_is_missing_fails_with_the_datasets_message_not_a_tra
     assert error.startswith("2 of 2 trials failed: DatasetNotFoundError: dataset 'cifar10' not found"), error
     assert str(server["data_dir"] / "nowhere") in error  # the folder looked in, made absolute at submission
     assert "Traceback" not in error and 'File "' not in error
+    logs = finished["ray"].final_logs(created["ray_job_id"])
+    for n in (0, 1):
+        assert re.search(rf"\[e2e-no-data\] trial {n} failed: DatasetNotFoundError: dataset 'cifar10'", logs)
+    assert (
+        "[e2e-no-data] summary: 2 trials: 0 finished, 0 pruned, 2 failed, 0 stopped; no trial finished"
+        in logs
+    )

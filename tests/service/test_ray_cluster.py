@@ -51,3 +51,21 @@ def test_the_job_client_is_made_once_per_cluster(monkeypatch):
     cluster = RayCluster("http://h:8265", local=False, token="t")
     assert cluster.client() == cluster.client() == "http://h:8265"
     assert made == ["http://h:8265"]
+
+
+def test_a_studys_job_is_named_after_the_study_and_keeps_its_id():
+    from service.ray_cluster import job_submission_id
+
+    assert job_submission_id("ab12", "Office-31: A→W, N=10") == "transched-office-31-a-w-n-10-ab12"
+    assert job_submission_id("ab12", "***") == "transched-ab12"
+    assert len(job_submission_id("ab12", "x" * 200)) == len("transched--ab12") + 40
+
+
+def test_the_dashboard_login_help_names_the_local_heads_token_file(tmp_path):
+    from service.ray_cluster import dashboard_login_help
+    from service.settings import Settings
+
+    text = dashboard_login_help(Settings(data_dir=tmp_path, ray_dashboard_port=9123))
+    token = tmp_path.resolve() / "ray" / "auth_token"
+    assert "http://127.0.0.1:9123" in text and f"cat {token}" in text
+    assert f"RAY_AUTH_TOKEN_PATH={token} ray get-auth-token" in text

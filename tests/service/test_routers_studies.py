@@ -18,8 +18,17 @@ def _create(client, **changes) -> dict:
 
 def test_a_study_is_stored_and_its_driver_submitted_as_a_job(client, cluster, settings):
     created = _create(client, trainer={"data_dir": "data"})
-    assert created["status"] == "pending" and created["ray_job_id"] == f"transched-{created['id']}"
+    assert created["status"] == "pending" and created["ray_job_id"] == f"transched-fake-{created['id']}"
     assert cluster.jobs == {created["ray_job_id"]: "PENDING"}
+    # The job names the study, and links back to it under the URL the client called.
+    assert cluster.submitted[created["ray_job_id"]] == {
+        "job_name": "transched study fake",
+        "transched_study": created["id"],
+        "study_name": "fake",
+        "methods": "smooth,multitask,mixup+schedule",
+        "n_trials": "8",
+        "study_url": f"http://testserver/studies/{created['id']}",
+    }
     assert created["links"]["self"] == f"http://testserver/studies/{created['id']}"
     study = client.get(f"/studies/{created['id']}").json()
     assert study["ray_job_id"] == created["ray_job_id"] and study["status"] == "pending"

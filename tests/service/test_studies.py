@@ -55,7 +55,7 @@ def test_submit_stores_then_submits_with_no_connection_held(db, cluster, setting
     study = _submit(db, cluster, settings, n_trials=2)
     assert cluster.seen == [("resources", 0), ("submit_study", 0)]
     stored = studies.find(db.sessions, study.id)
-    assert (stored.status, stored.ray_job_id) == ("pending", f"transched-{study.id}")
+    assert (stored.status, stored.ray_job_id) == ("pending", f"transched-study-{study.id}")
     assert db.engine.pool.checkedout() == 0
 
 

@@ -12,21 +12,39 @@ def test_the_trainable_merges_fixed_fields_and_sampled_params_once():
 
     config = merge_config({"epochs": 3, "t0": 0.0}, {"method": "finetune", "t0": 0.2}, cpus_per_trial=2)
     assert (config.method, config.t0, config.epochs, config.num_threads) == ("finetune", 0.2, 3, 2)
+    numbered = {"method": "finetune", "t0": 0.2, "trial_number": 7}  # the searcher's, not a parameter
+    assert merge_config({"epochs": 3}, numbered, cpus_per_trial=2) == config
 
 
 def test_each_epoch_reports_the_trainers_whole_dict_flat_for_tune_and_nested_for_the_store(monkeypatch):
     import ray
+    import ray.util.metrics
     from ray import tune
 
-    from service.trainable import EPOCH_REPORT, run_trial
+    from service.trainable import EPOCH_REPORT, TrialMetrics, run_trial
 
-    reported = []
+    reported, gauges = [], {}
+
+    class Gauge:  # records what the trial exports; the export itself is tested against a real node
+        def __init__(self, name, description, tag_keys):
+            self.values, gauges[name] = [], self
+            self.tag_keys = tag_keys
+
+        def set(self, value, tags):
+            assert set(tags) == set(self.tag_keys)
+            self.values.append((value, tags))
+
+    monkeypatch.setattr(ray.util.metrics, "Gauge", Gauge)
+    monkeypatch.setattr(TrialMetrics, "_gauges", {})
     monkeypatch.setattr(tune, "report", reported.append)  # the trainable outside a Tune session
     monkeypatch.setattr(
         ray, "get_runtime_context", lambda: type("Ctx", (), {"get_node_id": lambda self: "n1"})()
     )
     fixed = {"epochs": 2, "steps_per_epoch": 2, "n_target": 40, "batch_size": 16}
-    run_trial({"method": "mixup", "mixup_alpha": 0.4}, fixed=fixed, cpus_per_trial=1)
+    study = {"study_id": "s1", "study_name": "demo"}
+    run_trial(
+        {"method": "mixup", "mixup_alpha": 0.4, "trial_number": 3}, fixed=fixed, cpus_per_trial=1, study=study
+    )
     *epochs, final = reported
     assert [e["epoch"] for e in epochs] == [1, 2] and final["final"]
     for e in epochs:
@@ -34,3 +52,11 @@ def test_each_epoch_reports_the_trainers_whole_dict_flat_for_tune_and_nested_for
         assert 0 <= report["mix_lambda"] <= 1  # the method's own key, beside the common ones
         assert {k: e[k] for k in report} == report
         assert e["node_id"] == "n1" and e["device"] == "cpu"
+    # Live metrics, tagged with the study and the study's trial number.
+    tags = {"study_id": "s1", "study_name": "demo", "trial": "3", "method": "mixup"}
+    val_acc = gauges["transched_trial_val_acc"].values
+    assert val_acc == [(e["val_acc"], tags) for e in epochs]
+    assert [v for v, _ in gauges["transched_trial_epoch"].values] == [1, 2]
+    assert [v for v, _ in gauges["transched_trial_lambda"].values] == [e["lambda"] for e in epochs]
+    ((throughput, _),) = gauges["transched_trial_samples_per_second"].values  # from the second epoch on
+    assert throughput > 0

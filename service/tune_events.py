@@ -1,0 +1,138 @@
+"""The study's own account of its trials, in its driver's log (the Ray job's log in the dashboard).
+
+One line per trial event, each naming the study's trial by its Optuna number (the number /trials,
+/best and optuna-dashboard show), never by Tune's generated name (`run_trial_267a6bf4`):
+
+    [digits-demo] trial 3 started: method=smooth t0=0.12 tau=0.31 alpha=0.05
+    [digits-demo] trial 3 epoch 2/4: val_acc=0.8125 lambda=0.4211 best_val_acc=0.8125
+    [digits-demo] trial 3 finished: best_val_acc=0.8438 at epoch 3 of 4, test_acc=0.8271
+    [digits-demo] trial 5 pruned after epoch 2: best_val_acc=0.5
+    [digits-demo] trial 6 failed: DatasetNotFoundError: dataset 'cifar10' not found ...
+    [digits-demo] trial 7 stopped after epoch 3: best_val_acc=0.75
+    [digits-demo] summary: 8 trials: 5 finished, 1 pruned, 1 failed, 1 stopped; best trial 3 ...
+
+The Optuna number reaches Tune inside the trial's config under `TRIAL_NUMBER`, put there by the
+driver's searcher (the trainable tags its metrics with it too, and `merge_config` drops it).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from service.trainable import TRIAL_NUMBER
+
+logger = logging.getLogger("transched.trials")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _error_text(trial: Any) -> str | None:
+    """The trial's error as Tune wrote it: the local error file (written before this callback runs;
+    the copy under the storage path may not be there yet), else the stored one."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return trial.get_error()
+
+
+def _params(config: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in config.items() if k != TRIAL_NUMBER)
+
+
+class TrialEventLog(Callback):
+    """A Tune callback that logs each trial's start, epoch results and end, and a summary at the end.
+
+    `metric` is the study's objective (the value Optuna records); `epochs` the planned epochs per trial.
+    """
+
+    def __init__(self, study_name: str, *, metric: str, epochs: int):
+        self._prefix, self._metric, self._epochs = f"[{study_name}]", metric, epochs
+        self._ended: dict[str, str] = {}  # Tune trial id -> finished | pruned | failed
+
+    def _number(self, trial: Any) -> int:
+        return trial.config.get(TRIAL_NUMBER, -1)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        logger.info("%s trial %s started: %s", self._prefix, self._number(trial), _params(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("final"):  # the closing report repeats the last epoch; on_trial_complete says it
+            return
+        logger.info(
+            "%s trial %s epoch %s/%s: val_acc=%s lambda=%s %s=%s",
+            self._prefix,
+            self._number(trial),
+            result.get("epoch"),
+            self._epochs,
+            _fmt(result.get("val_acc")),
+            _fmt(result.get("lambda")),
+            self._metric,
+            _fmt(result.get(self._metric)),
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        value = _fmt(last.get(self._metric))
+        if last.get("final"):
+            self._ended[trial.trial_id] = "finished"
+            logger.info(
+                "%s trial %s finished: %s=%s at epoch %s of %s, test_acc=%s",
+                self._prefix, self._number(trial), self._metric, value, last.get("best_epoch"),
+                last.get("epoch"), _fmt(last.get("test_acc")),
+            )  # fmt: skip
+        else:  # ended before its last epoch (the study was stopped): Optuna records it as PRUNED
+            self._ended[trial.trial_id] = "pruned"
+            logger.info(
+                "%s trial %s pruned after epoch %s: %s=%s",
+                self._prefix, self._number(trial), last.get("epoch", 0), self._metric, value,
+            )  # fmt: skip
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from service.driver import error_summary
+
+        self._ended[trial.trial_id] = "failed"
+        error = _error_text(trial) or "unknown error (see the trial's error file)"
+        logger.warning(
+            "%s trial %s failed: %s", self._prefix, self._number(trial), error_summary(error, limit=300)
+        )
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        logger.warning(
+            "%s trial %s failed and is rerun (its worker or node died)", self._prefix, self._number(trial)
+        )
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # A stopped study ends Tune with its running trials cut off and no callback for them: say so here
+        # (the driver then fails them in Optuna, as it does every trial left RUNNING).
+        for trial in trials:
+            if trial.trial_id not in self._ended and trial.last_result:
+                self._ended[trial.trial_id] = "stopped"
+                logger.info(
+                    "%s trial %s stopped after epoch %s: %s=%s",
+                    self._prefix, self._number(trial), trial.last_result.get("epoch", 0), self._metric,
+                    _fmt(trial.last_result.get(self._metric)),
+                )  # fmt: skip
+        logger.info("%s summary: %s", self._prefix, self.summary(trials))
+
+    def summary(self, trials: list) -> str:
+        counts = {
+            kind: sum(1 for k in self._ended.values() if k == kind)
+            for kind in ("finished", "pruned", "failed", "stopped")
+        }
+        text = f"{len(trials)} trials: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+        finished = [t for t in trials if self._ended.get(t.trial_id) == "finished"]
+        if not finished:
+            return text + "; no trial finished"
+        # The highest value, the lowest trial number on ties (as /best and Optuna choose).
+        best = max(finished, key=lambda t: (t.last_result.get(self._metric, float("-inf")), -self._number(t)))
+        value = _fmt(best.last_result.get(self._metric))
+        return (
+            f"{text}; best trial {self._number(best)} {self._metric}={value} "
+            f"method={best.config.get('method')} params: {_params(best.config)}"
+        )
