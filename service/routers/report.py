@@ -21,8 +21,9 @@ MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
 def report_page(study_id: str, state: State, link: LinksDep) -> HTMLResponse:
     """The study's report: the lambda(t) curves of the best trials of each method, the best validation
     accuracy of each method, and the trials; linked to the study's other views."""
-    rep = report.study_report(studies.find(state.sessions, study_id), storage=state.storage)
-    links = link(study_id)
+    study = studies.find(state.sessions, study_id)
+    rep = report.study_report(study, storage=state.storage)
+    links = link(study_id, study.ray_job_id)
     views = {
         "study (API)": links.self,
         "trials (API)": links.trials,
