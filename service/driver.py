@@ -238,7 +238,7 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
     storage = optuna_storage_from(settings, pool_size=2, max_overflow=2)
     final, message = StudyStatus.failed, "the driver ended unexpectedly"
     try:
-        ray.init(logging_level=logging.WARNING)
+        ray.init(address=settings.ray_gcs_address or "auto", logging_level=logging.WARNING)
         problem = resource_problem(spec, ray.cluster_resources())
         if problem:
             final, message = StudyStatus.failed, problem

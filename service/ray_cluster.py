@@ -65,6 +65,8 @@ class RayCluster:
     pid: int | None = None
     token_path: Path | None = None
     token: str | None = None
+    # The local head's GCS address, handed to its drivers so they join this head and no other.
+    gcs_address: str | None = None
     _client: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -96,6 +98,8 @@ class RayCluster:
             "TRANSCHED_DATA_DIR": str(settings.data_dir.resolve()),
             "TRANSCHED_LOG_LEVEL": settings.log_level,
         }
+        if self.gcs_address:
+            env["TRANSCHED_RAY_GCS_ADDRESS"] = self.gcs_address
         job_id = self.client().submit_job(
             entrypoint=f"{python} -m service.driver {study_id}",
             submission_id=job_submission_id(study_id, spec.name),
@@ -257,7 +261,13 @@ def local_head(settings: Settings) -> RayCluster | None:
     token = use_token_auth(_state_dir(settings))
     if not _alive(state["pid"]) or not _dashboard_up(state["dashboard_url"], token):
         return None
-    return RayCluster(state["dashboard_url"], local=True, pid=state["pid"], token_path=token)
+    return RayCluster(
+        state["dashboard_url"],
+        local=True,
+        pid=state["pid"],
+        token_path=token,
+        gcs_address=state.get("gcs_address"),
+    )
 
 
 def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayCluster:
@@ -310,7 +320,7 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
     }
     (state_dir / "head.json").write_text(json.dumps(state))
     logger.info("local Ray head up: dashboard %s, GCS %s", url, state["gcs_address"])
-    return RayCluster(url, local=True, pid=proc.pid, token_path=token)
+    return RayCluster(url, local=True, pid=proc.pid, token_path=token, gcs_address=state["gcs_address"])
 
 
 def stop_pid(pid: int, *, timeout_s: float = 40.0) -> None:

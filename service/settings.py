@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     ray_auth_token_path: Path | None = Field(
         default=None, validation_alias=AliasChoices("RAY_AUTH_TOKEN_PATH", "TRANSCHED_RAY_AUTH_TOKEN_PATH")
     )
+    # Set by the service for its drivers (the local head's GCS address): a driver joins exactly this
+    # cluster, whatever other Ray heads run on the host. Unset: the cluster the job runs on ("auto").
+    ray_gcs_address: str | None = None
     ray_auth_token: SecretStr | None = Field(default=None, validation_alias=AliasChoices("RAY_AUTH_TOKEN"))
     # The Python that runs a study's driver on the cluster's head node (the local head uses this one's).
     driver_python: str = "python"

@@ -69,3 +69,32 @@ def test_the_dashboard_login_help_names_the_local_heads_token_file(tmp_path):
     token = tmp_path.resolve() / "ray" / "auth_token"
     assert "http://127.0.0.1:9123" in text and f"cat {token}" in text
     assert f"RAY_AUTH_TOKEN_PATH={token} ray get-auth-token" in text
+
+
+def test_a_local_heads_driver_is_told_the_heads_own_gcs_address(monkeypatch, tmp_path):
+    """Several Ray heads may run on one host: a driver joins the head that runs its job, by address."""
+    import ray.job_submission
+
+    from service.ray_cluster import RayCluster
+    from service.schemas import StudySpec
+    from service.settings import Settings
+
+    submitted = []
+
+    class Client:
+        def __init__(self, url, headers):
+            pass
+
+        def submit_job(self, **kwargs):
+            submitted.append(kwargs)
+            return kwargs["submission_id"]
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Client)
+    settings = Settings(data_dir=tmp_path)
+    local = RayCluster("http://127.0.0.1:1", local=True, gcs_address="127.0.0.1:6391")
+    local.submit_study(study_id="ab12", spec=StudySpec(), settings=settings)
+    remote = RayCluster("http://h:8265", local=False)
+    remote.submit_study(study_id="cd34", spec=StudySpec(), settings=settings)
+    envs = [s["runtime_env"]["env_vars"] for s in submitted]
+    assert envs[0]["TRANSCHED_RAY_GCS_ADDRESS"] == "127.0.0.1:6391"
+    assert "TRANSCHED_RAY_GCS_ADDRESS" not in envs[1]  # a cluster's own head: the job's cluster ("auto")
