@@ -237,6 +237,11 @@ def list_studies(
             duration(p.elapsed_s),
             s["created_at"][:19].replace("T", " "),
         )
+    _print_page(cli, table, page, offset=offset, limit=limit)
+
+
+def _print_page(cli: Cli, table: Table, page: dict[str, Any], *, offset: int, limit: int) -> None:
+    """A page's table, and how to get the next page when there is one."""
     cli.out.print(table)
     if page["total"] > offset + len(page["items"]):
         cli.out.print(f"{len(page['items'])} of {page['total']}; more with --offset {offset + limit}")
@@ -316,9 +321,7 @@ def trials(
             t["node"] or "-",
             took,
         )
-    cli.out.print(table)
-    if page["total"] > offset + len(page["items"]):
-        cli.out.print(f"{len(page['items'])} of {page['total']}; more with --offset {offset + limit}")
+    _print_page(cli, table, page, offset=offset, limit=limit)
 
 
 @command()
