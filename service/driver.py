@@ -9,7 +9,6 @@ fails any Optuna trial still RUNNING (Optuna's heartbeat does not run under ask-
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from functools import partial
@@ -32,7 +31,7 @@ from service.repository import (
 from service.schemas import METRIC, StudySpec
 from service.settings import Settings
 from service.trainable import EPOCH_REPORT, TRIAL_NUMBER
-from service.tune_events import TrialEventLog
+from service.tune_events import TrialEventLog, error_summary
 
 logger = logging.getLogger("transched.driver")
 
@@ -144,20 +143,6 @@ class StopWhenAsked(Stopper):
                 heartbeat(s, study_id=self._study_id)
                 self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
         return self._stop
-
-
-def error_summary(error: BaseException | str, limit: int = 2000) -> str:
-    """The exception a trial died of, without Ray's remote tracebacks around it: from the last line that
-    names an exception ("trainers.data.DatasetNotFoundError: dataset 'cifar10' not found ...") to the end,
-    its message may span lines, with the module path dropped."""
-    text = str(error).strip()
-    heads = list(
-        re.finditer(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Interrupt|Exit)): ", text, re.M)
-    )
-    if heads:
-        last = heads[-1]
-        text = f"{last.group(1)}: {text[last.end() :]}".strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: Any, settings: Settings):

@@ -18,6 +18,7 @@ driver's searcher (the trainable tags its metrics with it too, and `merge_config
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,20 @@ logger = logging.getLogger("transched.trials")
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def error_summary(error: BaseException | str, limit: int = 2000) -> str:
+    """The exception a trial died of, without Ray's remote tracebacks around it: from the last line that
+    names an exception ("trainers.data.DatasetNotFoundError: dataset 'cifar10' not found ...") to the end,
+    its message may span lines, with the module path dropped."""
+    text = str(error).strip()
+    heads = list(
+        re.finditer(r"^(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Interrupt|Exit)): ", text, re.M)
+    )
+    if heads:
+        last = heads[-1]
+        text = f"{last.group(1)}: {text[last.end() :]}".strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _error_text(trial: Any) -> str | None:
@@ -94,8 +109,6 @@ class TrialEventLog(Callback):
             )  # fmt: skip
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from service.driver import error_summary
-
         self._ended[trial.trial_id] = "failed"
         error = _error_text(trial) or "unknown error (see the trial's error file)"
         logger.warning(

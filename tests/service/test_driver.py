@@ -5,31 +5,10 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils import flatten_dict
 
 from service.db import make_optuna_storage
-from service.driver import StoredOptunaSearch, describe_study, error_summary, nested
+from service.driver import StoredOptunaSearch, describe_study, nested
 from service.repository import epoch_history
 from service.schemas import StudySpec
 from service.trainable import EPOCH_REPORT, TRIAL_NUMBER
-
-
-def test_error_summary_keeps_the_exception_and_its_whole_message_and_drops_rays_tracebacks():
-
-    ray_text = (
-        "Failure # 1 (occurred at 2026-11-22_05-00-00)\n"
-        "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n"
-        "Traceback (most recent call last):\n"
-        '  File "/x/trainers/data.py", line 1, in load\n'
-        "    raise _not_found(name, root) from exc\n"
-        "trainers.data.DatasetNotFoundError: dataset 'cifar10' not found in /d. To provide it, run\n"
-        '    python -c "..."\n'
-        "and copy what it writes into /d."
-    )
-    assert error_summary(ray_text) == (
-        "DatasetNotFoundError: dataset 'cifar10' not found in /d. To provide it, run\n"
-        '    python -c "..."\n'
-        "and copy what it writes into /d."
-    )
-    assert error_summary("no exception named here") == "no exception named here"
-    assert len(error_summary("ValueError: " + "x" * 5000)) == 2000
 
 
 def test_nested_puts_a_dict_tune_flattened_together_again():

@@ -3,7 +3,7 @@
 import logging
 from types import SimpleNamespace
 
-from service.tune_events import TrialEventLog
+from service.tune_events import TrialEventLog, error_summary
 
 
 def _trial(tune_id, number, **config):
@@ -58,3 +58,24 @@ def test_each_trial_event_is_one_line_naming_the_studys_trial_number_and_a_summa
         "method=smooth params: method=smooth t0=0.125",
     ]
     assert not any("run_trial_" in line for line in lines)
+
+
+def test_error_summary_keeps_the_exception_and_its_whole_message_and_drops_rays_tracebacks():
+
+    ray_text = (
+        "Failure # 1 (occurred at 2026-11-22_05-00-00)\n"
+        "ray::ImplicitFunc.train() (pid=1, ip=127.0.0.1)\n"
+        "Traceback (most recent call last):\n"
+        '  File "/x/trainers/data.py", line 1, in load\n'
+        "    raise _not_found(name, root) from exc\n"
+        "trainers.data.DatasetNotFoundError: dataset 'cifar10' not found in /d. To provide it, run\n"
+        '    python -c "..."\n'
+        "and copy what it writes into /d."
+    )
+    assert error_summary(ray_text) == (
+        "DatasetNotFoundError: dataset 'cifar10' not found in /d. To provide it, run\n"
+        '    python -c "..."\n'
+        "and copy what it writes into /d."
+    )
+    assert error_summary("no exception named here") == "no exception named here"
+    assert len(error_summary("ValueError: " + "x" * 5000)) == 2000
