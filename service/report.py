@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from optuna.trial import FrozenTrial, TrialState
 
-from search_spaces import arm_name
 from service import repository as repo
 from service.db import Study
 from service.schemas import StudySpec
-from service.studies import params
+from service.studies import params, trial_arm
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -60,11 +59,6 @@ class Report:
         T = int(trial.user_attrs.get("total_steps") or DEFAULT_T)
         steps = sorted({max(1, round(i * T / CURVE_POINTS)) for i in range(CURVE_POINTS + 1)})
         return [t / T for t in steps], [run_loss_weight(config, t, T) for t in steps]
-
-
-def trial_arm(trial: FrozenTrial) -> str:
-    p = params(trial)
-    return arm_name(p["method"], bool(p.get("schedule")))
 
 
 def study_report(study: Study, *, storage: BaseStorage) -> Report:

@@ -262,12 +262,18 @@ def _trial_out(t: FrozenTrial) -> TrialOut:
 # --- the best config ------------------------------------------------------------------------------------
 
 
+def trial_arm(trial: FrozenTrial) -> str:
+    """The study arm a trial belongs to: its method, or ``<method>+schedule``."""
+    p = params(trial)
+    return arm_name(p["method"], bool(p.get("schedule")))
+
+
 def method_filter(arms: list[str], method: str) -> TrialFilter | None:
     """Trials of one method of the study, None if the study has no such method. An arm matches exactly
     ("mixup" is not "mixup+schedule"); a bare method name that is not an arm ("mixup" in a study of
     "mixup+schedule" only) matches its arms."""
     if method in arms:
-        return lambda t: arm_name(params(t)["method"], bool(params(t).get("schedule"))) == method
+        return lambda t: trial_arm(t) == method
     if method in {parse_arm(a)[0] for a in arms}:
         return lambda t: params(t)["method"] == method
     return None
