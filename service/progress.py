@@ -22,8 +22,9 @@ from rich.table import Table
 from rich.text import Text
 
 from service.client import Api
+from service.db import StudyStatus
 
-TERMINAL = ("completed", "stopped", "failed")
+TERMINAL = tuple(s.value for s in StudyStatus if s.terminal)
 # How a watched study ended, as the command's exit status (1 is an error of the command itself, 2 a
 # usage error: click's own).
 EXIT_CODES = {"completed": 0, "failed": 3, "stopped": 4}
