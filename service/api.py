@@ -6,13 +6,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
+from service import auth
 from service.deps import AppState
-from service.errors import ClusterUnavailable, Conflict, DomainError, InvalidForStudy, NotFound
+from service.errors import (
+    ClusterUnavailable,
+    Conflict,
+    DomainError,
+    InvalidForStudy,
+    NotFound,
+    Unauthorized,
+)
 from service.ray_cluster import Cluster, connect
 from service.routers import dashboard, health, logs, presets, report, studies, trials
 from service.schemas import Problem
@@ -23,13 +33,15 @@ ERROR_STATUS: dict[type[DomainError], int] = {
     Conflict: status.HTTP_409_CONFLICT,
     InvalidForStudy: status.HTTP_422_UNPROCESSABLE_CONTENT,
     ClusterUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+    Unauthorized: status.HTTP_401_UNAUTHORIZED,
 }
 
 
 def _problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     code = next(c for kind, c in ERROR_STATUS.items() if isinstance(exc, kind))
-    return JSONResponse(Problem(detail=exc.detail).model_dump(), status_code=code)
+    headers = auth.CHALLENGE if isinstance(exc, Unauthorized) else None
+    return JSONResponse(Problem(detail=exc.detail).model_dump(), status_code=code, headers=headers)
 
 
 def create_app(
@@ -44,6 +56,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+        if problem := auth.bind_problem(settings):
+            raise RuntimeError(problem)
         state = AppState.open(settings, cluster=cluster, connect=connect)
         try:
             yield {"app_state": state}  # each request's `request.state.app_state` (service.deps.State)
@@ -60,7 +74,28 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_exception_handler(DomainError, _problem)
-    for module in (health, studies, trials, logs, presets, report, dashboard):
-        app.include_router(module.router)
+    app.include_router(health.router)  # open: a liveness probe, it names no study
+    guarded = settings.api_token is not None  # see service.auth; /docs and the schema stay open
+    for module in (studies, trials, logs, presets, report, dashboard):
+        app.include_router(
+            module.router,
+            dependencies=[auth.Authorized] if guarded else None,
+            responses={401: {"model": Problem, **auth.UNAUTHORIZED[401]}} if guarded else None,
+        )
     dashboard.mount(app)  # optuna-dashboard at /dashboard (and the root paths its bundle fetches)
+    if guarded and settings.public_reads:
+        app.openapi = partial(_reads_open, app)  # type: ignore[method-assign]
     return app
+
+
+def _reads_open(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document with the reads (GET) shown as needing no token (TRANSCHED_PUBLIC_READS)."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for path in schema.get("paths", {}).values():
+            for method, operation in path.items():
+                if method.upper() in auth.READ_METHODS:
+                    operation.pop("security", None)
+                    operation.get("responses", {}).pop("401", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

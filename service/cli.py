@@ -72,7 +72,8 @@ class Cli:
     @property
     def api(self) -> Api:
         if self._api is None:
-            self._api = Api.at(self.api_url)
+            token = self.settings.api_token  # TRANSCHED_API_TOKEN, sent as a bearer token
+            self._api = Api.at(self.api_url, token=token.get_secret_value() if token else None)
         return self._api
 
 
@@ -463,9 +464,12 @@ def serve(cli: Cli) -> None:
     import uvicorn
 
     from service.api import create_app
+    from service.auth import bind_problem
     from service.ray_cluster import dashboard_login_help
 
     settings = cli.settings
+    if problem := bind_problem(settings):
+        raise Failure(problem)
     cli.out.print(dashboard_login_help(settings), highlight=False, soft_wrap=True)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower()

@@ -36,9 +36,11 @@ class Api:
         self.http = http
 
     @classmethod
-    def at(cls, base_url: str, *, timeout_s: float = 60.0) -> Api:
+    def at(cls, base_url: str, *, timeout_s: float = 60.0, token: str | None = None) -> Api:
+        """A client of the API at `base_url`; `token` (TRANSCHED_API_TOKEN) is sent as a bearer token."""
         timeout = httpx.Timeout(timeout_s, connect=10.0)  # a study is stored and submitted to Ray in one call
-        return cls(httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout))
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return cls(httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers))
 
     @property
     def base_url(self) -> str:

@@ -26,3 +26,7 @@ class ClusterUnavailable(DomainError):
 
 class InvalidForStudy(DomainError):
     """A valid request that this study or cluster cannot honour (no such method, no GPU)."""
+
+
+class Unauthorized(DomainError):
+    """A missing or wrong API token (answered 401 with `WWW-Authenticate: Bearer`)."""

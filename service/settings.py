@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -14,6 +16,11 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".transched"), description="SQLite file, Ray head state, artifacts")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    # A file holding the URL (read when database_url is unset): how drivers get it without the password
+    # travelling in a Ray job's environment. The service writes data_dir/secrets/database_url (mode 0600)
+    # for a local head; for a remote cluster, `driver_database_url_file` is where the operator put it there.
+    database_url_file: Path | None = None
+    driver_database_url_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     # Unset: the service starts (or reuses) its own local Ray head. Set: use that cluster, start nothing.
@@ -48,10 +55,35 @@ class Settings(BaseSettings):
     db_max_overflow: int = 5
     log_level: str = "INFO"
 
+    # --- security (README "Security") ---------------------------------------------------------------
+    # Bearer token of the API: set, every request that creates, stops or changes needs
+    # `Authorization: Bearer <token>`, and reads too unless public_reads.
+    api_token: SecretStr | None = None
+    public_reads: bool = False
+    # Serving on a non-loopback address without api_token is refused unless this says it is meant.
+    allow_unauthenticated: bool = False
+    # Directories (besides data_dir) that paths in a study spec may point into; JSON list or comma-separated.
+    allowed_data_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("allowed_data_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip()
+            return json.loads(v) if v.startswith("[") else [p for p in v.split(",") if p.strip()]
+        return v
+
     @cached_property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
+        if self.database_url_file:
+            return self.database_url_file.read_text().strip()
         return f"sqlite:///{(self.data_dir / 'transched.db').resolve()}"
 
     @property

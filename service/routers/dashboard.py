@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, status
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
-from service import studies
+from service import auth, studies
 from service.deps import State
 from service.schemas import Problem
 
@@ -34,11 +34,18 @@ class OptunaDashboard:
         self._app: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        state = scope["state"]["app_state"]  # see service.api.create_app's lifespan
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        # A mount is no route: the API token is checked here, by the routes' own rule (service.auth).
+        if why := auth.problem(state.settings, scope.get("method", "GET"), headers):
+            refusal = JSONResponse(Problem(detail=why).model_dump(), status_code=401, headers=auth.CHALLENGE)
+            await refusal(scope, receive, send)
+            return
         if self._app is None:
             import optuna_dashboard
             from a2wsgi import WSGIMiddleware
 
-            storage = scope["state"]["app_state"].storage  # see service.api.create_app's lifespan
+            storage = state.storage
             self._app = WSGIMiddleware(optuna_dashboard.wsgi(storage))
         # A Mount strips its prefix into root_path; the dashboard routes on the whole path.
         await self._app({**scope, "root_path": ""}, receive, send)
