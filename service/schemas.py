@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from search_spaces import Param, arm_defaults, arm_name, method_space
-from trainers.config import TrainConfig
+from trainers.config import PATH_FIELDS, TrainConfig
 from trainers.methods import method_class, method_names
 
 METRIC = "best_val_acc"  # the trial's objective: best target validation accuracy so far (early stopping)
@@ -126,7 +126,7 @@ class StudySpec(BaseModel):
         """Relative paths of the trainer made absolute under `root`: trials run in their own working
         directories on any node, where a relative path would point somewhere else."""
         changes = {}
-        for name in ("data_dir", "artifact_dir", "source_path", "target_path", "init_checkpoint"):
+        for name in PATH_FIELDS:
             value = getattr(self.trainer, name, None)
             if value and not Path(value).is_absolute():
                 changes[name] = str((root / value).resolve())
@@ -135,6 +135,17 @@ class StudySpec(BaseModel):
             if changes
             else self
         )
+
+    def paths_outside(self, roots: list[Path]) -> list[str]:
+        """`trainer.FIELD: why` for each path of the trainer that, symlinks and `..` resolved, lies in
+        none of `roots` (call after `with_paths_under`). The message never says what is there."""
+        allowed = [Path(r).resolve() for r in roots]
+        bad = []
+        for name in PATH_FIELDS:
+            value = getattr(self.trainer, name, None)
+            if value and not any(Path(value).resolve().is_relative_to(r) for r in allowed):
+                bad.append(f"trainer.{name}: {value!r} is outside the data dir and the allowed directories")
+        return bad
 
     @property
     def startup_trials(self) -> int:

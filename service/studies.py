@@ -57,6 +57,8 @@ def submit(
         raise InvalidForStudy(problem)
     study_id = uuid.uuid4().hex
     spec = spec.with_paths_under(settings.data_dir)
+    if outside := spec.paths_outside([settings.data_dir, *settings.allowed_data_dirs]):
+        raise InvalidForStudy("; ".join(outside))  # before anything is stored
     with sessions() as session:
         stored = spec.model_dump(mode="json")
         study = repo.create_study(session, name=spec.name, spec=stored, study_id=study_id)

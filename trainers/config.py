@@ -256,6 +256,18 @@ class TrainConfig:
         return cls(**data)
 
 
+# The fields that name files or folders. A service confines them (paths under its data dir or
+# directories its operator allows): a new path-valued field must be listed here.
+PATH_FIELDS: tuple[str, ...] = (
+    "data_dir",
+    "artifact_dir",
+    "source_path",
+    "target_path",
+    "init_checkpoint",
+    "unlabeled_path",
+)
+
+
 def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
@@ -276,6 +288,7 @@ __all__ = [
     "SCHEDULE_METHODS",
     "MIXUP_METHODS",
     "INITS",
+    "PATH_FIELDS",
     "METHOD_PARAMS",
     "SCHEDULE_PARAMS",
     "DATASETS",

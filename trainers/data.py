@@ -565,6 +565,9 @@ def _load_torchvision(name: str, root: Path) -> _Raw:
     return _Raw(name, xs[0], ys[0], xs[1], ys[1], n_classes)
 
 
+_NO_IMAGES = "no class folder with an image file of a supported extension"
+
+
 def _imagefolder_not_found(root: Path, why: str) -> DatasetNotFoundError:
     return DatasetNotFoundError(
         f"dataset 'imagefolder' not found at {root.resolve()}: {why}. Expected one folder per class "
@@ -584,18 +587,19 @@ def _load_imagefolder(root: Path, size: int) -> _Raw:
         test_root = root / "test" if (root / "test").is_dir() else None
     try:
         train_set = ImageFolder(str(train_root))
-    except FileNotFoundError as exc:
-        raise _imagefolder_not_found(train_root, str(exc)) from exc
+    except FileNotFoundError:
+        # torchvision's message names the folder's class folders: what a folder holds is never told.
+        raise _imagefolder_not_found(train_root, _NO_IMAGES) from None
     train_x, train_y = _read_images(train_set, size)
     test_x = test_y = None
     if test_root is not None:
         try:
             test_set = ImageFolder(str(test_root))
-        except FileNotFoundError as exc:
-            raise _imagefolder_not_found(test_root, str(exc)) from exc
+        except FileNotFoundError:
+            raise _imagefolder_not_found(test_root, _NO_IMAGES) from None
         unknown = set(test_set.classes) - set(train_set.classes)
         if unknown:
-            raise ValueError(f"{test_root} has classes not in {train_root}: {sorted(unknown)}")
+            raise ValueError(f"{test_root} has {len(unknown)} class folder(s) that {train_root} lacks")
         test_x, test_y_local = _read_images(test_set, size)
         # Map by class name: the test folder may lack some classes, so its own indices can differ.
         remap = np.array([train_set.class_to_idx[c] for c in test_set.classes], dtype=np.int64)
