@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, engine_from, make_sessionmaker, optuna_storage_from
-from service.ray_cluster import resource_problem
+from service.ray_cluster import masked_url, resource_problem
 from service.repository import (
     EPOCH_ATTR_PREFIX,
     get_status,
@@ -49,6 +49,19 @@ def nested(result: dict[str, Any], key: str) -> Any:
 class StoredOptunaSearch(OptunaSearch):
     """OptunaSearch that also keeps what the API needs in the Optuna trial: the sampled config
     (constants included, which Optuna's params lack), per-epoch metrics, node and timings."""
+
+    # Tune pickles its searcher (the Tuner's state, and `save` under the run's folder): without the
+    # Optuna study, its trials and the storage, which hold the database URL and its password.
+    _UNPICKLED = ("_storage", "_ot_study", "_ot_trials")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -119,7 +132,8 @@ def describe_study(ot_study: Any, spec: StudySpec, *, study_id: str) -> None:
 class StopWhenAsked(Stopper):
     """A Tune stopper that ends the whole run once the study's stored status is `stopping`.
 
-    Tune pickles its run config with the Tuner, so the database engine is made lazily and not pickled.
+    Tune pickles its run config with the Tuner, so the database engine is made lazily and neither it nor
+    the settings (the database URL) are pickled: an unpickled one reads its settings from the environment.
     """
 
     def __init__(self, settings: Settings, study_id: str, every_s: float = 2.0):
@@ -128,7 +142,7 @@ class StopWhenAsked(Stopper):
         self._last, self._stop = 0.0, False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_sessions": None}
+        return {**self.__dict__, "_sessions": None, "_settings": None}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return self.stop_all()
@@ -138,7 +152,8 @@ class StopWhenAsked(Stopper):
         if not self._stop and now - self._last >= self._every_s:
             self._last = now
             if self._sessions is None:
-                self._sessions = make_sessionmaker(engine_from(self._settings, pool_size=1, max_overflow=0))
+                settings = self._settings or Settings()
+                self._sessions = make_sessionmaker(engine_from(settings, pool_size=1, max_overflow=0))
             with self._sessions() as s:
                 heartbeat(s, study_id=self._study_id)
                 self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
@@ -213,7 +228,7 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
     with sessions() as s:
         row = get_study(s, study_id=study_id)
         if row is None:
-            raise SystemExit(f"no study {study_id} in {settings.resolved_database_url}")
+            raise SystemExit(f"no study {study_id} in {masked_url(settings.resolved_database_url)}")
         spec = StudySpec.model_validate(row.spec)
         optuna_name = row.optuna_study_name
         if not set_status(s, study_id=study_id, status=StudyStatus.running, only_from=(StudyStatus.pending,)):

@@ -94,9 +94,9 @@ class RayCluster:
         """Submit the study's driver as a Ray job named after the study (see `job_submission_id`)."""
         python = sys.executable if self.local else settings.driver_python
         env = {
-            "TRANSCHED_DATABASE_URL": settings.resolved_database_url,
             "TRANSCHED_DATA_DIR": str(settings.data_dir.resolve()),
             "TRANSCHED_LOG_LEVEL": settings.log_level,
+            **driver_database_env(settings, local=self.local),
         }
         if self.gcs_address:
             env["TRANSCHED_RAY_GCS_ADDRESS"] = self.gcs_address
@@ -131,6 +131,48 @@ class RayCluster:
         except Exception:
             logger.debug("no logs for job %s", job_id, exc_info=True)
             return None
+
+
+def driver_database_env(settings: Settings, *, local: bool) -> dict[str, str]:
+    """How a driver finds the database, without the password in its job's environment (Ray keeps a
+    job's runtime env in its GCS, its dashboard and its logs). A local head's drivers read a file only
+    this user can read (`secret_url_file`); a remote head's read `driver_database_url_file` (the operator
+    put the URL there) or their own environment's TRANSCHED_DATABASE_URL. A URL without a password
+    (SQLite, trust auth) travels as it is."""
+    from sqlalchemy import make_url
+
+    url = settings.resolved_database_url
+    if make_url(url).password is None:
+        return {"TRANSCHED_DATABASE_URL": url}
+    if local:
+        return {"TRANSCHED_DATABASE_URL_FILE": str(secret_url_file(settings))}
+    if settings.driver_database_url_file:
+        return {"TRANSCHED_DATABASE_URL_FILE": str(settings.driver_database_url_file)}
+    return {}
+
+
+def secret_url_file(settings: Settings) -> Path:
+    """data_dir/secrets/database_url, mode 0600 in a 0700 folder: the database URL for local drivers."""
+    folder = settings.data_dir.resolve() / "secrets"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    path = folder / "database_url"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(settings.resolved_database_url)
+    path.chmod(0o600)  # a file made earlier with a looser mode
+    return path
+
+
+def masked_url(url: str) -> str:
+    """The database URL as it may be shown or logged: the password as ***."""
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# The service's own secrets, kept out of the local head's environment (its workers and jobs inherit it).
+HEAD_ENV_SECRETS = ("TRANSCHED_DATABASE_URL", "TRANSCHED_API_TOKEN")
 
 
 def job_submission_id(study_id: str, name: str) -> str:
@@ -298,7 +340,8 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
     log_path = state_dir / "head.log"
     logger.info("starting a local Ray head: %s", " ".join(cmd))
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {k: v for k, v in os.environ.items() if k not in HEAD_ENV_SECRETS}
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{dash_port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
