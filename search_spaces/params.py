@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Param(BaseModel):
@@ -16,12 +16,13 @@ class Param(BaseModel):
     ints; an override inherits it, and its bounds/value must then be whole numbers.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    low: float | None = None
-    high: float | None = None
+    # Finite and bounded (the study's validation also holds each range to its trainer field's bounds).
+    low: float | None = Field(default=None, ge=-1e9, le=1e9)
+    high: float | None = Field(default=None, ge=-1e9, le=1e9)
     log: bool | None = None
-    value: float | None = None
+    value: float | None = Field(default=None, ge=-1e9, le=1e9)
     integer: bool | None = None
 
     @model_validator(mode="after")

@@ -4,12 +4,15 @@ place, all with the one error body `Problem` ({"detail": ...}). Training never h
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
@@ -44,6 +47,23 @@ def _problem(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(Problem(detail=exc.detail).model_dump(), status_code=code, headers=headers)
 
 
+def _invalid(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, with what JSON cannot carry (a NaN or an infinity the client sent, echoed back as
+    the error's `input`) written as text: the refusal itself must not fail."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -74,6 +94,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_exception_handler(DomainError, _problem)
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.include_router(health.router)  # open: a liveness probe, it names no study
     guarded = settings.api_token is not None  # see service.auth; /docs and the schema stay open
     for module in (studies, trials, logs, presets, report, dashboard):

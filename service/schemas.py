@@ -8,14 +8,23 @@ overrides. The trainable merges the two once: ``TrainConfig(**trainer, **sampled
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from annotated_types import Interval
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from search_spaces import Param, arm_defaults, arm_name, method_space
-from trainers.config import PATH_FIELDS, TrainConfig
+from trainers.config import PATH_FIELDS, TrainConfig, field_bounds, within
 from trainers.methods import method_class, method_names
 
 METRIC = "best_val_acc"  # the trial's objective: best target validation accuracy so far (early stopping)
@@ -59,9 +68,37 @@ METHOD_MODELS = {m: _method_model(m) for m in method_names()}
 MethodSpec = Annotated[Union[tuple(METHOD_MODELS.values())], Field(discriminator="method")]  # noqa: UP007
 
 
+Amount = Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+
+
+def _nul_in(data: Any, where: str = "spec") -> str | None:
+    """Where the first string (key or value) holding a NUL character is, or None."""
+    if isinstance(data, str):
+        return where if "\x00" in data else None
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        if isinstance(key, str) and "\x00" in key:
+            return f"{where}.{key!r}"
+        if found := _nul_in(value, f"{where}.{key}"):
+            return found
+    return None
+
+
+def _within_field_bounds(where: str, field: str, param: Param) -> None:
+    """A searched or fixed parameter stays inside its trainer field's bounds (trainers.config)."""
+    bound = field_bounds().get(field)
+    if bound is None or not isinstance(bound[0], Interval):
+        return
+    for key in ("low", "high", "value"):
+        value = getattr(param, key)
+        if value is not None and not within(value, bound[0]):
+            raise ValueError(f"{where}: {key} ({value}) out of bounds: {field} must be {bound[1]}")
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "example": {
                 "name": "digits-demo",
@@ -78,22 +115,36 @@ class StudySpec(BaseModel):
     methods: list[MethodSpec] = Field(
         default_factory=lambda: [METHOD_MODELS["smooth"]()],
         min_length=1,
+        max_length=64,
         description="methods to compare; with several, the method is a TPE choice, each tried once first",
     )
     n_trials: int = Field(default=12, ge=1, le=100_000)
     max_concurrent_trials: int = Field(default=1, ge=1, le=1024)
-    cpus_per_trial: float = Field(default=1.0, gt=0)
+    cpus_per_trial: float = Field(default=1.0, gt=0, le=1024)
     gpus_per_trial: float = Field(
-        default=0.0, ge=0, description="fractional allowed: 0.25 = four trials a GPU"
+        default=0.0, ge=0, le=64, description="fractional allowed: 0.25 = four trials a GPU"
     )
-    resources_per_trial: dict[str, float] = Field(
-        default_factory=dict, description='custom Ray resources each trial needs, e.g. {"big_mem": 1}'
+    resources_per_trial: dict[Annotated[str, Field(min_length=1, max_length=64)], Amount] = Field(
+        default_factory=dict,
+        max_length=32,
+        description='custom Ray resources each trial needs, e.g. {"big_mem": 1}',
     )
     max_retries: int = Field(default=1, ge=0, le=10, description="times a trial whose worker died is rerun")
-    seed: int = Field(default=0, description="seed of the TPE sampler")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="seed of the TPE sampler")
     n_startup_trials: int | None = Field(
-        default=None, ge=1, description="random trials before TPE; default min(10, max(3, n_trials // 3))"
+        default=None,
+        ge=1,
+        le=100_000,
+        description="random trials before TPE; default min(10, max(3, n_trials // 3))",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        # PostgreSQL cannot store a NUL in text or JSON: refused here, naming where it is.
+        if where := _nul_in(data):
+            raise ValueError(f"{where}: strings must not contain NUL (\\u0000) characters")
+        return data
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -109,7 +160,8 @@ class StudySpec(BaseModel):
         if len(set(arms)) != len(arms):
             raise ValueError(f"methods must be distinct, got {arms}")
         for m in self.methods:
-            m.resolved(self.trainer.to_dict())  # raises ValueError naming the bad bound
+            for name, param in m.resolved(self.trainer.to_dict()).items():  # ValueError naming a bad bound
+                _within_field_bounds(f"{m.arm}.{name}", name, param)
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ValueError("gpus_per_trial above 1 must be a whole number")
         bad = [k for k, v in self.resources_per_trial.items() if k in ("CPU", "GPU", "cpu", "gpu") or v < 0]
@@ -154,6 +206,7 @@ class StudySpec(BaseModel):
     # --- issue 11: study presets (service/presets.py) ----------------------------------------------
     preset: str | None = Field(
         default=None,
+        max_length=100,
         description='a paper recipe to start from: "stl-cifar" (newest version) or "stl-cifar@1"; the '
         "spec's own fields win, trainer fields merge key by key; stored expanded, as name@version",
     )
@@ -169,6 +222,11 @@ class StudySpec(BaseModel):
 
 
 # --- responses ---------------------------------------------------------------------------------------
+
+# Every datetime an answer gives is UTC-aware. SQLite hands our UTC timestamps back naive; Optuna stores
+# its trials' times as naive local time.
+StoredUtc = Annotated[datetime, AfterValidator(lambda d: d.replace(tzinfo=UTC) if d.tzinfo is None else d)]
+OptunaTime = Annotated[datetime, AfterValidator(lambda d: d.astimezone(UTC))]
 
 
 class Links(BaseModel):
@@ -203,9 +261,9 @@ class StudyOut(BaseModel):
     error: str | None
     optuna_study_name: str
     ray_job_id: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: StoredUtc
+    started_at: StoredUtc | None
+    finished_at: StoredUtc | None
     n_trials: int
     trial_counts: dict[str, int] = Field(description="trials by Optuna state")
     best: BestSoFar | None
@@ -236,8 +294,8 @@ class TrialOut(BaseModel):
         "losses, paper 000 eq. 1), the pretrained-source cache, the test accuracy",
     )
     total_steps: int | None = None
-    datetime_start: datetime | None
-    datetime_complete: datetime | None
+    datetime_start: OptunaTime | None
+    datetime_complete: OptunaTime | None
 
 
 class TrialPage(BaseModel):

@@ -81,6 +81,8 @@ def submit(
 
 
 def find(sessions: Sessions, study_id: str) -> Study:
+    if len(study_id) > 64 or "\x00" in study_id:  # no such id; PostgreSQL would refuse a NUL in a query
+        raise NotFound("no study with this id")
     with sessions() as session:
         study = repo.get_study(session, study_id=study_id)
     if study is None:

@@ -70,7 +70,7 @@ def create_study(
 def list_studies(
     state: State,
     link: LinksDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # past the data: an empty page
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> StudyPage:
     """Studies, newest first, each with its trial counts and best trial so far."""

@@ -18,7 +18,7 @@ router = APIRouter(prefix="/studies/{study_id}", tags=["studies"])
 def list_trials(
     study_id: str,
     state: State,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # past the data: an empty page
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> TrialPage:
     """Trials by number: params, Optuna state, value and per-epoch metrics."""

@@ -52,7 +52,7 @@ def test_bad_input_gets_422_naming_the_field_and_stores_nothing(settings, client
 @pytest.mark.parametrize(
     "body, words",
     [
-        ({"trainer": {"epochs": 0}}, "epochs must be >= 1"),
+        ({"trainer": {"lr": 0.1, "final_lr": 0.5}}, "final_lr must be in [0, lr]"),
         ({"methods": [{"method": "smooth", "tau": {"low": 50}}]}, "smooth.tau: low (50.0) must be <= high"),
         ({"methods": ["smooth", "smooth"]}, "methods must be distinct"),
     ],
