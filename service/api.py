@@ -4,13 +4,17 @@ place, all with the one error body `Problem` ({"detail": ...}). Training never h
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
 
+from service.db_retry import is_transient, short
 from service.deps import AppState
 from service.errors import ClusterUnavailable, Conflict, DomainError, InvalidForStudy, NotFound
 from service.ray_cluster import Cluster, connect
@@ -18,11 +22,21 @@ from service.routers import dashboard, health, logs, presets, report, studies, t
 from service.schemas import Problem
 from service.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 ERROR_STATUS: dict[type[DomainError], int] = {
     NotFound: status.HTTP_404_NOT_FOUND,
     Conflict: status.HTTP_409_CONFLICT,
     InvalidForStudy: status.HTTP_422_UNPROCESSABLE_CONTENT,
     ClusterUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
+}
+# Every endpoint that reads the database may answer this while it is unreachable (see _database_problem).
+DB_DOWN: dict[int | str, dict] = {
+    503: {
+        "model": Problem,
+        "description": "the database is unavailable for now: retry after Retry-After seconds",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    }
 }
 
 
@@ -30,6 +44,23 @@ def _problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     code = next(c for kind, c in ERROR_STATUS.items() if isinstance(exc, kind))
     return JSONResponse(Problem(detail=exc.detail).model_dump(), status_code=code)
+
+
+def _database_problem(retry_after_s: int) -> Callable[[Request, Exception], JSONResponse]:
+    """The database is unreachable, locked or out of connections: 503 with Retry-After, never a 500; the
+    client may send the same request again. Any other database error is a bug and stays a 500."""
+
+    def handler(request: Request, exc: Exception) -> JSONResponse:
+        if not is_transient(exc):
+            raise exc
+        logger.warning("%s %s: database unavailable (%s)", request.method, request.url.path, short(exc))
+        return JSONResponse(
+            Problem(detail="the database is unavailable for now; retry later").model_dump(),
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+    return handler
 
 
 def create_app(
@@ -60,7 +91,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_exception_handler(DomainError, _problem)
+    for db_error in (SQLAlchemyError, StorageInternalError):  # Optuna wraps SQLAlchemy's errors in its own
+        app.add_exception_handler(db_error, _database_problem(settings.db_retry_after_s))
     for module in (health, studies, trials, logs, presets, report, dashboard):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=None if module is presets else DB_DOWN)
     dashboard.mount(app)  # optuna-dashboard at /dashboard (and the root paths its bundle fetches)
     return app

@@ -97,6 +97,7 @@ class RayCluster:
             "TRANSCHED_DATABASE_URL": settings.resolved_database_url,
             "TRANSCHED_DATA_DIR": str(settings.data_dir.resolve()),
             "TRANSCHED_LOG_LEVEL": settings.log_level,
+            "TRANSCHED_DB_RETRY_S": str(settings.db_retry_s),  # how long the driver waits out an outage
         }
         if self.gcs_address:
             env["TRANSCHED_RAY_GCS_ADDRESS"] = self.gcs_address
