@@ -113,7 +113,8 @@ class DbRetry:
     def _failed(self, what: str, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         with self._lock:
-            first, self._outage_since = self._outage_since is None, self._outage_since or time.monotonic()
+            # The outage began when the failed call did (tenacity's clock is time.monotonic too).
+            first, self._outage_since = self._outage_since is None, self._outage_since or state.start_time
         if first:
             logger.warning(
                 "database unavailable (%s, in %s): retrying for up to %.0fs", short(exc), what, self.budget_s
