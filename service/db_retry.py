@@ -82,20 +82,24 @@ def short(exc: BaseException) -> str:
 
 class DbRetry:
     """Retries a database call across an outage: exponential backoff with jitter (0.5 s doubling, at most
-    `max_wait_s` apart) until it succeeds or `budget_s` has passed, then the last error is raised. An
-    outage is logged once at WARNING when it starts and once when the database answers again, however
-    many calls and attempts it spans."""
+    `max_wait_s` apart) until it succeeds or `budget_s` has passed, then the last error is raised.
 
-    def __init__(self, budget_s: float, *, max_wait_s: float = 10.0):
-        self.budget_s, self.max_wait_s = budget_s, max_wait_s
+    An outage is logged once at WARNING when it begins and once when it is over, however many calls and
+    attempts it spans. It is over when calls have succeeded for `settle_s` with no failure between:
+    connections killed in a loop fail and succeed by turns, and that is one outage, not one per kill."""
+
+    def __init__(self, budget_s: float, *, max_wait_s: float = 10.0, settle_s: float = 10.0):
+        self.budget_s, self.max_wait_s, self.settle_s = budget_s, max_wait_s, settle_s
         self._lock = threading.Lock()
-        self._outage_since: float | None = None
+        self._outage_since: float | None = None  # when the first failed call of the outage began
+        self._last_failure = 0.0
+        self._failures = 0
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles the searcher, and with it its storage
-        return {"budget_s": self.budget_s, "max_wait_s": self.max_wait_s}
+        return {"budget_s": self.budget_s, "max_wait_s": self.max_wait_s, "settle_s": self.settle_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["budget_s"], max_wait_s=state["max_wait_s"])
+        self.__init__(**state)
 
     def call(self, fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) -> T:
         retrying = tenacity.Retrying(
@@ -107,14 +111,16 @@ class DbRetry:
         )
         result = retrying(fn, *args, **kwargs)
         if self._outage_since is not None:
-            self._recovered()
+            self._succeeded()
         return result
 
     def _failed(self, what: str, state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         with self._lock:
-            # The outage began when the failed call did (tenacity's clock is time.monotonic too).
-            first, self._outage_since = self._outage_since is None, self._outage_since or state.start_time
+            first = self._outage_since is None
+            if first:  # tenacity's start_time is time.monotonic() when the failing call began
+                self._outage_since, self._failures = state.start_time, 0
+            self._last_failure, self._failures = time.monotonic(), self._failures + 1
         if first:
             logger.warning(
                 "database unavailable (%s, in %s): retrying for up to %.0fs", short(exc), what, self.budget_s
@@ -122,11 +128,17 @@ class DbRetry:
         else:
             logger.debug("database still unavailable (attempt %d, %s)", state.attempt_number, what)
 
-    def _recovered(self) -> None:
+    def _succeeded(self) -> None:
         with self._lock:
-            since, self._outage_since = self._outage_since, None
-        if since is not None:
-            logger.warning("database available again after %.1fs", time.monotonic() - since)
+            since, last, failures = self._outage_since, self._last_failure, self._failures
+            if since is None or time.monotonic() - last < self.settle_s:
+                return
+            self._outage_since = None
+        logger.warning(
+            "database available again: it was unavailable for %.1fs (%d failed attempts)",
+            last - since,
+            failures,
+        )
 
 
 def _delegate(name: str) -> Callable[..., Any]:

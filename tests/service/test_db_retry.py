@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import re
 import sqlite3
 import threading
 import time
@@ -119,18 +120,25 @@ def test_an_exhausted_pool_is_transient(db):
 
 
 def test_a_write_waits_out_a_held_lock_and_the_outage_is_logged_once(db, caplog):
-    storage = RetryingStorage(_storage(db), DbRetry(30, max_wait_s=0.3))
+    storage = RetryingStorage(_storage(db), DbRetry(30, max_wait_s=0.3, settle_s=1.0))
     study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
     caplog.set_level(logging.DEBUG, logger="transched.db")
     start = time.monotonic()
-    with write_lock(db, for_s=2.0):
-        storage.set_study_user_attr(study_id, "k", "v")
+    for _ in range(2):  # two lock holders in a row, 0.3 s apart: one outage
+        with write_lock(db, for_s=1.0):
+            storage.set_study_user_attr(study_id, "k", "v")
+        time.sleep(0.3)
     assert time.monotonic() - start >= 2.0
     assert storage.get_study_user_attrs(study_id) == {"k": "v"}
+    time.sleep(1.0)
+    storage.set_study_user_attr(study_id, "k", "w")  # calls succeed past settle_s: the outage is over
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2, warnings  # the outage's start and its end, not one line per attempt
     assert "database unavailable (OperationalError: database is locked" in warnings[0]
-    assert "available again" in warnings[1]
+    back = re.fullmatch(
+        r"database available again: it was unavailable for (\S+)s \(\d+ failed attempts\)", warnings[1]
+    )
+    assert back and 1.5 < float(back[1]) < 5, warnings[1]  # from the first lock's start to the second's end
 
 
 def test_past_the_budget_the_error_is_raised(db):
@@ -222,7 +230,7 @@ def test_a_lost_state_change_counts_as_done(db, ask_from):
 def test_the_proxy_pickles_as_tune_saves_its_searcher(db):
     storage = retrying_storage(_storage(db), DbRetry(42))
     again = pickle.loads(pickle.dumps(storage))
-    assert again.retry.budget_s == 42
+    assert (again.retry.budget_s, again.retry.settle_s) == (42, 10.0)
     again.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "after-pickle")
     assert again.get_study_id_from_name("after-pickle") == storage.get_study_id_from_name("after-pickle")
 
