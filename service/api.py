@@ -4,6 +4,7 @@ place, all with the one error body `Problem` ({"detail": ...}). Training never h
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,8 +16,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from service import auth
+from service.db_retry import is_transient, short
 from service.deps import AppState
 from service.errors import (
     ClusterUnavailable,
@@ -31,12 +35,22 @@ from service.routers import dashboard, health, logs, presets, report, studies, t
 from service.schemas import Problem
 from service.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 ERROR_STATUS: dict[type[DomainError], int] = {
     NotFound: status.HTTP_404_NOT_FOUND,
     Conflict: status.HTTP_409_CONFLICT,
     InvalidForStudy: status.HTTP_422_UNPROCESSABLE_CONTENT,
     ClusterUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
     Unauthorized: status.HTTP_401_UNAUTHORIZED,
+}
+# Every endpoint that reads the database may answer this while it is unreachable (see _database_problem).
+DB_DOWN: dict[int | str, dict] = {
+    503: {
+        "model": Problem,
+        "description": "the database is unavailable for now: retry after Retry-After seconds",
+        "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    }
 }
 
 
@@ -62,6 +76,23 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
+
+
+def _database_problem(retry_after_s: int) -> Callable[[Request, Exception], JSONResponse]:
+    """The database is unreachable, locked or out of connections: 503 with Retry-After, never a 500; the
+    client may send the same request again. Any other database error is a bug and stays a 500."""
+
+    def handler(request: Request, exc: Exception) -> JSONResponse:
+        if not is_transient(exc):
+            raise exc
+        logger.warning("%s %s: database unavailable (%s)", request.method, request.url.path, short(exc))
+        return JSONResponse(
+            Problem(detail="the database is unavailable for now; retry later").model_dump(),
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
+    return handler
 
 
 def create_app(
@@ -95,13 +126,16 @@ def create_app(
     )
     app.add_exception_handler(DomainError, _problem)
     app.add_exception_handler(RequestValidationError, _invalid)
-    app.include_router(health.router)  # open: a liveness probe, it names no study
+    for db_error in (SQLAlchemyError, StorageInternalError):  # Optuna wraps SQLAlchemy's errors in its own
+        app.add_exception_handler(db_error, _database_problem(settings.db_retry_after_s))
+    app.include_router(health.router, responses=DB_DOWN)  # open: a liveness probe, it names no study
     guarded = settings.api_token is not None  # see service.auth; /docs and the schema stay open
+    unauthorized = {401: {"model": Problem, **auth.UNAUTHORIZED[401]}} if guarded else {}
     for module in (studies, trials, logs, presets, report, dashboard):
         app.include_router(
             module.router,
             dependencies=[auth.Authorized] if guarded else None,
-            responses={401: {"model": Problem, **auth.UNAUTHORIZED[401]}} if guarded else None,
+            responses={**unauthorized, **({} if module is presets else DB_DOWN)},
         )
     dashboard.mount(app)  # optuna-dashboard at /dashboard (and the root paths its bundle fetches)
     if guarded and settings.public_reads:

@@ -59,7 +59,12 @@ class Study(Base):
 
 
 def make_engine(
-    url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5, max_overflow: int = 5
+    url: str,
+    *,
+    busy_timeout_ms: int = 30_000,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    pool_timeout_s: float = 10.0,
 ) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
@@ -82,7 +87,10 @@ def make_engine(
         return engine
     # Bounded pool with pre-ping: one API process plus one driver per running study stay far under
     # PostgreSQL's default of 100 connections, and a connection dropped while idle is replaced.
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+    # A request that finds every connection busy waits `pool_timeout_s`, then is answered 503 (service.api).
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout_s
+    )
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
@@ -97,7 +105,12 @@ def create_schema(engine: Engine) -> None:
 
 
 def make_optuna_storage(
-    url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = 5, max_overflow: int = 5
+    url: str,
+    *,
+    busy_timeout_ms: int = 30_000,
+    pool_size: int = 5,
+    max_overflow: int = 5,
+    pool_timeout_s: float = 10.0,
 ):
     """Optuna's RDB storage on the same database (it creates its own tables on first use)."""
     import optuna
@@ -105,7 +118,12 @@ def make_optuna_storage(
     if url.startswith("sqlite"):
         kwargs: dict[str, Any] = {"connect_args": {"timeout": busy_timeout_ms / 1000}}
     else:
-        kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": max_overflow}
+        kwargs = {
+            "pool_pre_ping": True,
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_timeout": pool_timeout_s,
+        }
     # No heartbeat: Optuna's heartbeat only runs inside study.optimize(), never under ask-and-tell.
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
@@ -115,6 +133,7 @@ def _db_args(settings: Settings, pool_size: int | None, max_overflow: int | None
         "busy_timeout_ms": settings.sqlite_busy_timeout_ms,
         "pool_size": settings.db_pool_size if pool_size is None else pool_size,
         "max_overflow": settings.db_max_overflow if max_overflow is None else max_overflow,
+        "pool_timeout_s": settings.db_pool_timeout_s,
     }
 
 

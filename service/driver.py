@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, engine_from, make_sessionmaker, optuna_storage_from
+from service.db_retry import DbRetry, in_session, is_transient, retrying_storage
 from service.ray_cluster import masked_url, resource_problem
 from service.repository import (
     EPOCH_ATTR_PREFIX,
@@ -154,9 +155,16 @@ class StopWhenAsked(Stopper):
             if self._sessions is None:
                 settings = self._settings or Settings()
                 self._sessions = make_sessionmaker(engine_from(settings, pool_size=1, max_overflow=0))
-            with self._sessions() as s:
-                heartbeat(s, study_id=self._study_id)
-                self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
+            try:
+                with self._sessions() as s:
+                    heartbeat(s, study_id=self._study_id)
+                    self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
+            except Exception as exc:
+                # Best effort: the database is out for now (the searcher's writes wait for it); a missed
+                # heartbeat or stop check is made up on the next result.
+                if not is_transient(exc):
+                    raise
+                logger.debug("heartbeat skipped: the database is unavailable", exc_info=True)
         return self._stop
 
 
@@ -225,17 +233,20 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
     # Small pools: a driver needs few connections, and many drivers share one PostgreSQL (see README).
     engine = engine_from(settings, pool_size=1, max_overflow=0)
     sessions = make_sessionmaker(engine)
+    # Every database call of the driver waits out an outage (see service.db_retry), the searcher's too.
+    db = DbRetry(settings.db_retry_s)
     with sessions() as s:
-        row = get_study(s, study_id=study_id)
+        row = in_session(s, db, get_study, study_id=study_id)
         if row is None:
             raise SystemExit(f"no study {study_id} in {masked_url(settings.resolved_database_url)}")
         spec = StudySpec.model_validate(row.spec)
         optuna_name = row.optuna_study_name
-        if not set_status(s, study_id=study_id, status=StudyStatus.running, only_from=(StudyStatus.pending,)):
+        pending, running = (StudyStatus.pending,), StudyStatus.running
+        if not in_session(s, db, set_status, study_id=study_id, status=running, only_from=pending):
             logger.warning("study %s is %s, not pending: nothing to run", study_id, row.status)
             return StudyStatus(row.status)
 
-    storage = optuna_storage_from(settings, pool_size=2, max_overflow=2)
+    storage = retrying_storage(db.call(optuna_storage_from, settings, pool_size=2, max_overflow=2), db)
     final, message = StudyStatus.failed, "the driver ended unexpectedly"
     try:
         ray.init(address=settings.ray_gcs_address or "auto", logging_level=logging.WARNING)
@@ -250,7 +261,7 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         results = tuner.fit()
         errors = [r.error for r in results if r.error is not None]
         with sessions() as s:
-            if get_status(s, study_id=study_id) == StudyStatus.stopping:
+            if in_session(s, db, get_status, study_id=study_id) == StudyStatus.stopping:
                 final = StudyStatus.stopped
             elif errors and len(errors) == len(results):
                 final = StudyStatus.failed
@@ -270,7 +281,7 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         if n:
             logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
         with sessions() as s:
-            set_status(s, study_id=study_id, status=final, error=message)
+            in_session(s, db, set_status, study_id=study_id, status=final, error=message)
         engine.dispose()
 
 

@@ -96,6 +96,7 @@ class RayCluster:
         env = {
             "TRANSCHED_DATA_DIR": str(settings.data_dir.resolve()),
             "TRANSCHED_LOG_LEVEL": settings.log_level,
+            "TRANSCHED_DB_RETRY_S": str(settings.db_retry_s),  # how long the driver waits out an outage
             **driver_database_env(settings, local=self.local),
         }
         if self.gcs_address:

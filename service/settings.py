@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = 30_000
     db_pool_size: int = 5
     db_max_overflow: int = 5
+    # How long a request waits for a pooled connection before it is answered 503 (not SQLAlchemy's 30 s).
+    db_pool_timeout_s: float = 10.0
+    # How long a study's driver retries a database write (backoff with jitter) across an outage before
+    # the study fails: SQLite locked by another writer, PostgreSQL restarting or its connections killed.
+    db_retry_s: float = 300.0
+    # The Retry-After (seconds) of the API's 503 while the database is unreachable.
+    db_retry_after_s: int = 5
     log_level: str = "INFO"
 
     # --- security (README "Security") ---------------------------------------------------------------

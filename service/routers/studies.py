@@ -15,7 +15,13 @@ from service.schemas import Links, Problem, StudyCreated, StudyOut, StudyPage, S
 router = APIRouter(prefix="/studies", tags=["studies"])
 
 NOT_FOUND = {404: {"model": Problem, "description": "no study with this id"}}
-RAY_DOWN = {503: {"model": Problem, "description": "the Ray cluster is not reachable"}}
+RAY_DOWN = {
+    503: {
+        "model": Problem,
+        "description": "the Ray cluster is not reachable, or the database is unavailable for now "
+        "(then with Retry-After)",
+    }
+}
 
 
 def links(request: Request, state: State) -> Callable[[str, str | None], Links]:

@@ -1,0 +1,272 @@
+"""Surviving database outages: which errors are worth waiting out, a retry policy with backoff, and an
+Optuna storage that retries every call.
+
+A study's driver is the only writer of its study while it runs (OptunaSearch writes the trials, the driver
+its study row), so a locked SQLite file, a restarted PostgreSQL or killed connections must not end it:
+each database call is retried with exponential backoff and jitter until it succeeds or `budget_s` (the
+setting TRANSCHED_DB_RETRY_S) has passed. The API does not wait: it answers 503 with Retry-After
+(`service.api`), using the same `is_transient`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Container, Iterator, Sequence
+from typing import Any, TypeVar
+
+import tenacity
+from optuna.distributions import BaseDistribution
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage
+from optuna.study._frozen import FrozenStudy
+from optuna.study._study_direction import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import exc as sa_exc
+
+logger = logging.getLogger("transched.db")
+
+T = TypeVar("T")
+
+# SQLite's errors that pass: another writer's lock outlasting the busy timeout, a file briefly unreachable.
+_SQLITE_TRANSIENT = re.compile(r"locked|busy|unable to open|disk i/o", re.IGNORECASE)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and its causes: Optuna wraps SQLAlchemy's error (StorageInternalError from ...), which
+    wraps the driver's (psycopg, sqlite3)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+
+
+def _transient_one(e: BaseException) -> bool:
+    # QueuePool's "limit ... reached" (sa_exc.TimeoutError): every connection busy, not a broken database.
+    if isinstance(e, sa_exc.DisconnectionError | sa_exc.TimeoutError | ConnectionError | TimeoutError):
+        return True
+    if isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated:
+        return True
+    if isinstance(e, sqlite3.OperationalError):
+        return bool(_SQLITE_TRANSIENT.search(str(e)))
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    # psycopg's OperationalError covers connection refused/lost, admin shutdown (57P01, what
+    # pg_terminate_backend and a restart send), too many connections, serialization failures, deadlocks.
+    return isinstance(e, psycopg.OperationalError | psycopg.InterfaceError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True if `exc` (or anything in its cause chain) says the database is unreachable or busy for now,
+    not that the request or the data is wrong."""
+    return any(_transient_one(e) for e in _chain(exc))
+
+
+def short(exc: BaseException) -> str:
+    """The first line of the deepest cause: what the database said, without SQL or traceback."""
+    deepest = list(_chain(exc))[-1]
+    text = str(deepest).strip().splitlines()
+    return f"{type(deepest).__name__}: {text[0][:200] if text else ''}"
+
+
+class DbRetry:
+    """Retries a database call across an outage: exponential backoff with jitter (0.5 s doubling, at most
+    `max_wait_s` apart) until it succeeds or `budget_s` has passed, then the last error is raised.
+
+    An outage is logged once at WARNING when it begins and once when it is over, however many calls and
+    attempts it spans. It is over when calls have succeeded for `settle_s` with no failure between:
+    connections killed in a loop fail and succeed by turns, and that is one outage, not one per kill."""
+
+    def __init__(self, budget_s: float, *, max_wait_s: float = 10.0, settle_s: float = 10.0):
+        self.budget_s, self.max_wait_s, self.settle_s = budget_s, max_wait_s, settle_s
+        self._lock = threading.Lock()
+        self._outage_since: float | None = None  # when the first failed call of the outage began
+        self._last_failure = 0.0
+        self._failures = 0
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles the searcher, and with it its storage
+        return {"budget_s": self.budget_s, "max_wait_s": self.max_wait_s, "settle_s": self.settle_s}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+    def call(self, fn: Callable[..., T], *args: Any, what: str = "", **kwargs: Any) -> T:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_transient),
+            wait=tenacity.wait_exponential_jitter(initial=0.5, max=self.max_wait_s),
+            stop=tenacity.stop_after_delay(self.budget_s),
+            before_sleep=lambda state: self._failed(what or getattr(fn, "__name__", "?"), state),
+            reraise=True,
+        )
+        result = retrying(fn, *args, **kwargs)
+        if self._outage_since is not None:
+            self._succeeded()
+        return result
+
+    def _failed(self, what: str, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        with self._lock:
+            first = self._outage_since is None
+            if first:  # tenacity's start_time is time.monotonic() when the failing call began
+                self._outage_since, self._failures = state.start_time, 0
+            self._last_failure, self._failures = time.monotonic(), self._failures + 1
+        if first:
+            logger.warning(
+                "database unavailable (%s, in %s): retrying for up to %.0fs", short(exc), what, self.budget_s
+            )
+        else:
+            logger.debug("database still unavailable (attempt %d, %s)", state.attempt_number, what)
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            since, last, failures = self._outage_since, self._last_failure, self._failures
+            if since is None or time.monotonic() - last < self.settle_s:
+                return
+            self._outage_since = None
+        logger.warning(
+            "database available again: it was unavailable for %.1fs (%d failed attempts)",
+            last - since,
+            failures,
+        )
+
+
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:
+        return self.retry.call(getattr(self.inner, name), *args, what=name, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = f"`{name}` of the wrapped storage, retried across a database outage."
+    return method
+
+
+class RetryingStorage(BaseStorage):
+    """An Optuna storage whose every call is retried across a database outage (see `DbRetry`); OptunaSearch
+    and the samplers use it as they use any storage.
+
+    Retrying is safe because the driver is its study's only writer: user attrs, intermediate values and
+    system attrs are upserts, params ignore the duplicate a repeated insert makes, and a study created
+    twice is loaded (`create_study(load_if_exists=True)`). The two writes that are not idempotent are
+    checked before they are repeated, in case the first attempt committed and only its answer was lost:
+    a repeated `create_new_trial` first adopts a trial that appeared since the call began, and a
+    repeated state change that finds the trial already in that state counts as done."""
+
+    def __init__(self, inner: BaseStorage, retry: DbRetry):
+        self.inner, self.retry = inner, retry
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        before = self.retry.call(self._trial_ids, study_id, what="create_new_trial")
+        attempts = 0
+
+        def once() -> int:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                new = self._trial_ids(study_id) - before
+                if new:  # the lost attempt's commit went through: that trial is ours, not a second one
+                    logger.warning("adopted trial %d, created by an attempt whose answer was lost", min(new))
+                    return min(new)
+            return self.inner.create_new_trial(study_id, template_trial)
+
+        return self.retry.call(once, what="create_new_trial")
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        attempts = 0
+
+        def once() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                done = self.inner.set_trial_state_values(trial_id, state, values)
+            except UpdateFinishedTrialError:
+                if attempts > 1 and self.inner.get_trial(trial_id).state == state:
+                    return True  # the lost attempt finished it
+                raise
+            if not done and attempts > 1 and self.inner.get_trial(trial_id).state == state:
+                return True  # the lost attempt moved it WAITING -> RUNNING: it is ours
+            return done
+
+        return self.retry.call(once, what="set_trial_state_values")
+
+    def _trial_ids(self, study_id: int) -> set[int]:
+        return {t._trial_id for t in self.inner.get_all_trials(study_id, deepcopy=False)}
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        return self.retry.call(self.inner.get_all_trials, study_id, deepcopy, states, what="get_all_trials")
+
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        return self.retry.call(self.inner.create_new_study, directions, study_name, what="create_new_study")
+
+    def set_trial_param(
+        self, trial_id: int, param_name: str, param_value_internal: float, distribution: BaseDistribution
+    ) -> None:
+        self.retry.call(
+            self.inner.set_trial_param,
+            trial_id,
+            param_name,
+            param_value_internal,
+            distribution,
+            what="set_trial_param",
+        )
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self.retry.call(self.inner.get_all_studies, what="get_all_studies")
+
+    delete_study = _delegate("delete_study")
+    set_study_user_attr = _delegate("set_study_user_attr")
+    set_study_system_attr = _delegate("set_study_system_attr")
+    get_study_id_from_name = _delegate("get_study_id_from_name")
+    get_study_name_from_id = _delegate("get_study_name_from_id")
+    get_study_directions = _delegate("get_study_directions")
+    get_study_user_attrs = _delegate("get_study_user_attrs")
+    get_study_system_attrs = _delegate("get_study_system_attrs")
+    get_trial_id_from_study_id_trial_number = _delegate("get_trial_id_from_study_id_trial_number")
+    get_trial_number_from_id = _delegate("get_trial_number_from_id")
+    get_trial_param = _delegate("get_trial_param")
+    set_trial_intermediate_value = _delegate("set_trial_intermediate_value")
+    set_trial_user_attr = _delegate("set_trial_user_attr")
+    set_trial_system_attr = _delegate("set_trial_system_attr")
+    get_trial = _delegate("get_trial")
+    get_n_trials = _delegate("get_n_trials")
+    get_best_trial = _delegate("get_best_trial")
+    get_trial_params = _delegate("get_trial_params")
+    get_trial_user_attrs = _delegate("get_trial_user_attrs")
+    get_trial_system_attrs = _delegate("get_trial_system_attrs")
+    remove_session = _delegate("remove_session")
+    check_trial_is_updatable = _delegate("check_trial_is_updatable")
+
+
+def retrying_storage(storage: BaseStorage, retry: DbRetry) -> RetryingStorage:
+    """`storage` (an RDBStorage) behind Optuna's own trial cache, every call retried across outages."""
+    from optuna.storages import get_storage
+
+    return RetryingStorage(get_storage(storage), retry)
+
+
+def in_session(session: Any, retry: DbRetry, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """`fn(session, **kwargs)`, retried across an outage; a failed attempt is rolled back first, so the
+    next one starts a new transaction on a fresh connection (a dead one is invalidated by then)."""
+
+    def once() -> T:
+        try:
+            return fn(session, **kwargs)
+        except Exception:
+            with contextlib.suppress(Exception):  # the connection may be gone: the rollback only resets
+                session.rollback()
+            raise
+
+    return retry.call(once, what=getattr(fn, "__name__", "?"))
