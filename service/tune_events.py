@@ -24,7 +24,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from service.trainable import TRIAL_NUMBER
+from service.trainable import ERROR, TRIAL_NUMBER
 
 logger = logging.getLogger("transched.trials")
 
@@ -94,7 +94,10 @@ class TrialEventLog(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         value = _fmt(last.get(self._metric))
-        if last.get("final"):
+        if last.get(ERROR):  # failed for good (diverged, or an error a retry cannot fix): not retried
+            self._ended[trial.trial_id] = "failed"
+            logger.warning("%s trial %s failed: %s", self._prefix, self._number(trial), last[ERROR])
+        elif last.get("final"):
             self._ended[trial.trial_id] = "finished"
             logger.info(
                 "%s trial %s finished: %s=%s at epoch %s of %s, test_acc=%s",
