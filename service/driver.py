@@ -84,15 +84,22 @@ class StoredOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # A trial ended before its last result (study stopped, scheduler) has only a partial value:
         # it reaches Optuna as PRUNED, not COMPLETE, so TPE and /best only see fully trained trials.
+        if trial_id in self._completed_trials:  # told already (a failure, on its last result)
+            return
+        if result is not None and result.get(ERROR):
+            self._fail(trial_id, result)
+            return
         if result is not None and not error and not result.get("final"):
             result = None
-        # A trial that failed for good (diverged, or a deterministic error) says why in its last result.
-        if result is not None and result.get(ERROR) and trial_id in self._ot_trials:
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("error", result[ERROR])
-            ot_trial.set_user_attr("error_kind", result.get(ERROR_KIND))
-            result, error = None, True
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _fail(self, trial_id: str, result: dict) -> None:
+        """A trial that failed for good (diverged, or an error a retry cannot fix) says why in its last
+        result: FAIL with that reason, told at once, so that a run ended meanwhile cannot lose it."""
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("error", result[ERROR])
+        ot_trial.set_user_attr("error_kind", result.get(ERROR_KIND))
+        super().on_trial_complete(trial_id, result=None, error=True)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Not OptunaSearch's own: it reports the objective (the running best) at Tune's iteration. Optuna's
@@ -103,7 +110,8 @@ class StoredOptunaSearch(OptunaSearch):
             return
         if not result.get("final") and result.get(INTERMEDIATE) is not None:
             ot_trial.report(float(result[INTERMEDIATE]), int(result["epoch"]))
-        if result.get(ERROR):  # on_trial_complete stores it
+        if result.get(ERROR):
+            self._fail(trial_id, result)
             return
         if result.get("final"):
             for key in ("test_acc", "best_epoch", "total_steps", "finished_at"):
@@ -184,14 +192,16 @@ class EndOnDeterministicFailures(Stopper):
     `tripped` holds the first such error after it has ended the run."""
 
     def __init__(self, first: int):
-        self.first, self.outcomes, self.tripped = first, [], None
+        self.first, self.tripped = first, None
+        self.outcomes: dict[str, str | None] = {}  # trial id -> its error, None if it worked; in order
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        if result.get("final"):
+        # A function trainable's last result comes twice (again with done=True when it returns).
+        if result.get("final") and trial_id not in self.outcomes:
             failed = result.get(ERROR_KIND) == DETERMINISTIC
-            self.outcomes.append(result.get(ERROR) if failed else None)
-            if len(self.outcomes) == self.first and all(self.outcomes):
-                self.tripped = self.outcomes[0]
+            self.outcomes[trial_id] = result.get(ERROR) if failed else None
+            if len(self.outcomes) == self.first and all(self.outcomes.values()):
+                self.tripped = next(iter(self.outcomes.values()))
         return False
 
     def stop_all(self) -> bool:

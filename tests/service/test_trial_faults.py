@@ -108,6 +108,8 @@ def test_the_searcher_stores_a_reported_failure_as_fail_with_its_error(tmp_path)
         ERROR_KIND: DIVERGED,
     }
     searcher.on_trial_result("t1", last)
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.FAIL  # at once: the run may end before it completes
     searcher.on_trial_complete("t1", last)
     (trial,) = optuna.load_study(study_name="s", storage=storage).trials
     assert trial.state == optuna.trial.TrialState.FAIL
@@ -133,7 +135,7 @@ def test_the_run_ends_once_its_first_trials_all_failed_deterministically():
     stopper = EndOnDeterministicFailures(3)
     failed = {"final": True, ERROR: "DatasetNotFoundError: x", ERROR_KIND: DETERMINISTIC}
     assert not stopper("a", {"epoch": 1}) and not stopper.stop_all()  # an epoch result is no end
-    stopper("a", failed), stopper("b", failed)
+    stopper("a", failed), stopper("b", failed), stopper("b", {**failed, "done": True})  # b's twice
     assert not stopper.stop_all()
     stopper("c", failed)
     assert stopper.stop_all() and stopper.tripped == "DatasetNotFoundError: x"
