@@ -127,7 +127,12 @@ class TrialEventLog(Callback):
         # A stopped study ends Tune with its running trials cut off and no callback for them: say so here
         # (the driver then fails them in Optuna, as it does every trial left RUNNING).
         for trial in trials:
-            if trial.trial_id not in self._ended and trial.last_result:
+            if trial.trial_id not in self._ended and (trial.last_result or {}).get(ERROR):
+                self._ended[trial.trial_id] = "failed"  # its failure ended the run before Tune closed it
+                logger.warning(
+                    "%s trial %s failed: %s", self._prefix, self._number(trial), trial.last_result[ERROR]
+                )
+            elif trial.trial_id not in self._ended and trial.last_result:
                 self._ended[trial.trial_id] = "stopped"
                 logger.info(
                     "%s trial %s stopped after epoch %s: %s=%s",
