@@ -9,11 +9,14 @@ fails any Optuna trial still RUNNING (Optuna's heartbeat does not run under ask-
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import optuna
 from ray.tune import Stopper
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
@@ -31,7 +34,15 @@ from service.repository import (
 )
 from service.schemas import METRIC, StudySpec
 from service.settings import Settings
-from service.trainable import EPOCH_REPORT, TRIAL_NUMBER
+from service.trainable import (
+    DETERMINISTIC,
+    EPOCH_REPORT,
+    ERROR,
+    ERROR_KIND,
+    FIRST_REPORT,
+    RESUME_FROM,
+    TRIAL_NUMBER,
+)
 from service.tune_events import TrialEventLog, error_summary
 
 logger = logging.getLogger("transched.driver")
@@ -67,16 +78,42 @@ class StoredOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
         if config is not None:
-            self._ot_trials[trial_id].set_user_attr("sampled", config)
-            config = {**config, TRIAL_NUMBER: self._ot_trials[trial_id].number}  # see service.tune_events
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("sampled", config)
+            config = {**config, TRIAL_NUMBER: ot_trial.number}  # see service.tune_events
+            retry_of = ot_trial.user_attrs.get("retry_of")
+            if retry_of is not None:  # a trial a dead driver left: resume from its epoch checkpoint
+                config[RESUME_FROM] = int(retry_of)
+                self._copy_epochs(int(retry_of), ot_trial)
         return config
+
+    def _copy_epochs(self, number: int, ot_trial: Any) -> None:
+        """The epochs an earlier trial stored, kept by the trial that retries it from its checkpoint
+        (the epochs it trains again, after that checkpoint's, are stored over them)."""
+        earlier = next((t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number), None)
+        for key, value in (earlier.user_attrs if earlier is not None else {}).items():
+            if key.startswith(EPOCH_ATTR_PREFIX):
+                ot_trial.set_user_attr(key, value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # A trial ended before its last result (study stopped, scheduler) has only a partial value:
         # it reaches Optuna as PRUNED, not COMPLETE, so TPE and /best only see fully trained trials.
+        if trial_id in self._completed_trials:  # told already (a failure, on its last result)
+            return
+        if result is not None and result.get(ERROR):
+            self._fail(trial_id, result)
+            return
         if result is not None and not error and not result.get("final"):
             result = None
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _fail(self, trial_id: str, result: dict) -> None:
+        """A trial that failed for good (diverged, or an error a retry cannot fix) says why in its last
+        result: FAIL with that reason, told at once, so that a run ended meanwhile cannot lose it."""
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("error", result[ERROR])
+        ot_trial.set_user_attr("error_kind", result.get(ERROR_KIND))
+        super().on_trial_complete(trial_id, result=None, error=True)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Not OptunaSearch's own: it reports the objective (the running best) at Tune's iteration. Optuna's
@@ -87,13 +124,17 @@ class StoredOptunaSearch(OptunaSearch):
             return
         if not result.get("final") and result.get(INTERMEDIATE) is not None:
             ot_trial.report(float(result[INTERMEDIATE]), int(result["epoch"]))
+        if result.get(ERROR):
+            self._fail(trial_id, result)
+            return
         if result.get("final"):
             for key in ("test_acc", "best_epoch", "total_steps", "finished_at"):
                 ot_trial.set_user_attr(key, result.get(key))
             ot_trial.set_user_attr("info", nested(result, "info"))
             return
-        if result.get("epoch") == 1:
-            if f"{EPOCH_ATTR_PREFIX}00001" in ot_trial.user_attrs:  # the trial was rerun after a failure
+        # The first epoch of an attempt (the epoch after its checkpoint's when it resumed from one).
+        if result.get(FIRST_REPORT, result.get("epoch") == 1):
+            if "started_at" in ot_trial.user_attrs:  # the trial was rerun after its worker died
                 ot_trial.set_user_attr("restarts", ot_trial.user_attrs.get("restarts", 0) + 1)
             for key in ("node", "node_id", "device", "started_at", "total_steps"):
                 ot_trial.set_user_attr(key, result.get(key))
@@ -168,10 +209,52 @@ class StopWhenAsked(Stopper):
         return self._stop
 
 
-def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: Any, settings: Settings):
+class EndOnDeterministicFailures(Stopper):
+    """A Tune stopper that ends the run once the first `first` trials to end all failed with an error a
+    retry cannot fix (missing dataset, bad config): every other trial would fail the same way.
+    `tripped` holds the first such error after it has ended the run."""
+
+    def __init__(self, first: int):
+        self.first, self.tripped = first, None
+        self.outcomes: dict[str, str | None] = {}  # trial id -> its error, None if it worked; in order
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        # A function trainable's last result comes twice (again with done=True when it returns).
+        if result.get("final") and trial_id not in self.outcomes:
+            failed = result.get(ERROR_KIND) == DETERMINISTIC
+            self.outcomes[trial_id] = result.get(ERROR) if failed else None
+            if len(self.outcomes) == self.first and all(self.outcomes.values()):
+                self.tripped = next(iter(self.outcomes.values()))
+        return False
+
+    def stop_all(self) -> bool:
+        return self.tripped is not None
+
+
+def fail_fast_after(spec: StudySpec) -> int:
+    """How many trials must fail deterministically, and first, to end a study: at least one per
+    method, so that a method of its own with a bad config does not end the others."""
+    return min(spec.n_trials, max(3, len(spec.resolved_methods())))
+
+
+def checkpoint_dir(settings: Settings, optuna_name: str) -> Path:
+    """The study's epoch checkpoints: `<data_dir>/checkpoints/<optuna study name>/<trial number>.pt`."""
+    return (settings.data_dir / "checkpoints" / optuna_name).resolve()
+
+
+def build_tuner(
+    spec: StudySpec,
+    *,
+    study_id: str,
+    optuna_name: str,
+    storage: Any,
+    settings: Settings,
+    fail_fast: EndOnDeterministicFailures | None = None,
+):
     """Tune + OptunaSearch (TPE) over the study's space, writing its trials into `optuna_name`."""
     import optuna
     from ray import tune
+    from ray.tune.stopper import CombinedStopper
 
     from search_spaces import build_space
     from service.trainable import run_trial
@@ -186,8 +269,9 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
     arms = spec.resolved_methods()
     searcher = StoredOptunaSearch(
         space=build_space(arms),
-        # Each method once before TPE chooses, so every method of the study is tried.
-        points_to_evaluate=[{"method": arm} for arm in arms] if len(arms) > 1 else None,
+        # Each method once before TPE chooses, so every method of the study is tried; never more points
+        # than trials (Optuna would keep the rest WAITING forever).
+        points_to_evaluate=[{"method": arm} for arm in arms][: spec.n_trials] if len(arms) > 1 else None,
         metric=METRIC,
         mode="max",
         sampler=sampler,
@@ -196,6 +280,7 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
     )
     # OptunaSearch has created the Optuna study by now (a space is given): name and describe it.
     describe_study(optuna.load_study(study_name=optuna_name, storage=storage), spec, study_id=study_id)
+    fail_fast = fail_fast or EndOnDeterministicFailures(fail_fast_after(spec))
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial, **spec.resources_per_trial}
     trainable = tune.with_resources(
         partial(
@@ -204,6 +289,7 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
             cpus_per_trial=spec.cpus_per_trial,
             gpus_per_trial=spec.gpus_per_trial,
             study={"study_id": study_id, "study_name": spec.name},
+            checkpoint_dir=str(checkpoint_dir(settings, optuna_name)),
         ),
         resources,
     )
@@ -218,7 +304,7 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
         run_config=tune.RunConfig(
             name=optuna_name,
             storage_path=str((settings.data_dir / "ray_results").resolve()),
-            stop=StopWhenAsked(settings, study_id),
+            stop=CombinedStopper(StopWhenAsked(settings, study_id), fail_fast),
             # A trial whose worker or node died is rerun (on any node that fits) up to max_retries times.
             failure_config=tune.FailureConfig(max_failures=spec.max_retries),
             callbacks=[TrialEventLog(spec.name, metric=METRIC, epochs=spec.trainer.epochs)],
@@ -255,22 +341,23 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
             final, message = StudyStatus.failed, problem
             logger.error("study %s cannot run: %s", study_id, problem)
             return final
+        fail_fast = EndOnDeterministicFailures(fail_fast_after(spec))
         tuner = build_tuner(
-            spec, study_id=study_id, optuna_name=optuna_name, storage=storage, settings=settings
+            spec,
+            study_id=study_id,
+            optuna_name=optuna_name,
+            storage=storage,
+            settings=settings,
+            fail_fast=fail_fast,
         )
         results = tuner.fit()
-        errors = [r.error for r in results if r.error is not None]
-        with sessions() as s:
-            if in_session(s, db, get_status, study_id=study_id) == StudyStatus.stopping:
-                final = StudyStatus.stopped
-            elif errors and len(errors) == len(results):
-                final = StudyStatus.failed
-            else:
-                final = StudyStatus.completed
-        message = (
-            f"{len(errors)} of {len(results)} trials failed: {error_summary(errors[0])}" if errors else None
-        )
-        logger.info("study %s %s (%d trials, %d errors)", study_id, final.value, len(results), len(errors))
+        final, message = _outcome(sessions, db, study_id, results, fail_fast)
+        # Trials still RUNNING were cut by the run's end (a stop, or the failures above): not failures.
+        n = reap_running_trials(storage, name=optuna_name, state=optuna.trial.TrialState.PRUNED)
+        if n:
+            logger.info("marked %d trial(s) cut by the run's end as PRUNED", n)
+        shutil.rmtree(checkpoint_dir(settings, optuna_name), ignore_errors=True)
+        logger.info("study %s %s (%d trials): %s", study_id, final.value, len(results), message or "ok")
         return final
     except BaseException as exc:
         final, message = StudyStatus.failed, f"{type(exc).__name__}: {exc}"
@@ -283,6 +370,34 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         with sessions() as s:
             in_session(s, db, set_status, study_id=study_id, status=final, error=message)
         engine.dispose()
+
+
+def trial_errors(results: Any) -> list[str]:
+    """Each failed trial's error, short: Tune's (a crash, retries used up), else the one it reported
+    (diverged, or an error a retry cannot fix)."""
+    errors = []
+    for r in results:
+        if r.error is not None:
+            errors.append(error_summary(r.error, limit=500))
+        elif (r.metrics or {}).get(ERROR):
+            errors.append(r.metrics[ERROR])
+    return errors
+
+
+def _outcome(sessions: Any, db: DbRetry, study_id: str, results: Any, fail_fast: EndOnDeterministicFailures):
+    """The study's final status and error message once Tune's run has ended."""
+    errors = trial_errors(results)
+    message = f"{len(errors)} of {len(results)} trials failed: {errors[0]}" if errors else None
+    with sessions() as s:
+        if in_session(s, db, get_status, study_id=study_id) == StudyStatus.stopping:
+            return StudyStatus.stopped, message
+    if fail_fast.tripped is not None:
+        return StudyStatus.failed, (
+            f"the first {fail_fast.first} trials failed with an error a retry cannot fix: {fail_fast.tripped}"
+        )
+    if errors and len(errors) == len(results):
+        return StudyStatus.failed, message
+    return StudyStatus.completed, message
 
 
 def main(argv: list[str] | None = None) -> int:

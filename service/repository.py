@@ -88,9 +88,15 @@ def load_optuna_study(storage: optuna.storages.BaseStorage, *, name: str) -> opt
         return None
 
 
-def reap_running_trials(storage: optuna.storages.BaseStorage, *, name: str) -> int:
-    """Mark RUNNING trials FAIL. Optuna's heartbeat does not run under ask-and-tell (OptunaSearch),
-    so trials of a driver that ended or died would stay RUNNING forever otherwise."""
+def reap_running_trials(
+    storage: optuna.storages.BaseStorage,
+    *,
+    name: str,
+    state: optuna.trial.TrialState = optuna.trial.TrialState.FAIL,
+) -> int:
+    """Mark RUNNING trials FAIL (or `state`: PRUNED for those a stop cut). Optuna's heartbeat does not run
+    under ask-and-tell (OptunaSearch), so trials of a driver that ended or died would stay RUNNING forever
+    otherwise."""
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:  # the driver never created it
@@ -99,7 +105,7 @@ def reap_running_trials(storage: optuna.storages.BaseStorage, *, name: str) -> i
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         try:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            storage.set_trial_state_values(trial_id, state)
             n += 1
         except RuntimeError:  # finished between our read and write
             pass

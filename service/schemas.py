@@ -288,6 +288,10 @@ class TrialOut(BaseModel):
     node_id: str | None = Field(default=None, description="Ray node id the trial ran on (its last attempt)")
     device: str | None = None
     restarts: int = Field(default=0, description="times the trial was rerun after its worker died")
+    error: str | None = Field(
+        default=None,
+        description="why a FAIL trial failed, short: 'diverged at epoch k', or an error a retry cannot fix",
+    )
     info: dict[str, Any] = Field(
         default_factory=dict,
         description="what the run found: XMixup's class pairing, the linearity diagnostics (interpolation "

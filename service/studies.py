@@ -256,6 +256,7 @@ def _trial_out(t: FrozenTrial) -> TrialOut:
         node_id=t.user_attrs.get("node_id"),
         device=t.user_attrs.get("device"),
         restarts=t.user_attrs.get("restarts", 0),
+        error=t.user_attrs.get("error"),
         info=t.user_attrs.get("info") or {},
         total_steps=t.user_attrs.get("total_steps"),
         datetime_start=t.datetime_start,

@@ -3,9 +3,14 @@ train, and report every epoch. The only place where `trainers` meets Ray."""
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("transched.trial")
 
 # Each epoch's result carries the trainer's report dict, as it came, under this key: the driver stores
 # exactly that dict, so the epoch schema is the trainer's own (its common keys and each method's keys).
@@ -13,6 +18,27 @@ EPOCH_REPORT = "epoch_report"
 # The study's own number of the trial (Optuna's), which the driver's searcher adds to each sampled config:
 # the trial's metrics and the driver's log name it. Not a parameter: `merge_config` drops it.
 TRIAL_NUMBER = "trial_number"
+# The number of an earlier trial whose epoch checkpoint this trial resumes from (a trial the resumed
+# driver re-enqueued with Optuna user attr `retry_of`); added by the searcher, dropped by `merge_config`.
+RESUME_FROM = "resume_from"
+# A trial that cannot succeed ends with a last result carrying `error` (a short message) and
+# `error_kind`: "deterministic" (bad config, missing data: a retry would fail the same way) or
+# "diverged" (a non-finite loss). It returns normally, so Tune does not retry it as if its worker died.
+ERROR, ERROR_KIND = "error", "error_kind"
+DETERMINISTIC, DIVERGED = "deterministic", "diverged"
+# Errors a rerun cannot fix: config values (ValueError, TypeError, LookupError) and files that are not
+# there (trainers.DatasetNotFoundError, PretrainedWeightsNotFoundError). Anything else (a CUDA error,
+# out of memory, a lost worker) is left to Tune's retries.
+DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    LookupError,
+    FileNotFoundError,
+    NotImplementedError,
+)
+ERROR_LIMIT = 500  # characters of a stored error message
+# True in the first epoch result of each attempt: the driver records where the attempt runs from it.
+FIRST_REPORT = "first_report"
 # What a run found, kept with the trial (see trainers.TrainResult.metrics).
 INFO_KEYS = ("xmixup_pairing", "linearity", "pretrain_cache", "init", "method_info", "data_sizes")
 
@@ -21,7 +47,7 @@ def merge_config(fixed: dict[str, Any], sampled: dict[str, Any], *, cpus_per_tri
     """The one merge of a trial: fixed spec fields, then sampled params on top (same names)."""
     from trainers import TrainConfig
 
-    merged = {**fixed, **{k: v for k, v in sampled.items() if k != TRIAL_NUMBER}}
+    merged = {**fixed, **{k: v for k, v in sampled.items() if k not in (TRIAL_NUMBER, RESUME_FROM)}}
     # Pin intra-op threads to the trial's CPU share: it keeps concurrent trials from fighting over cores,
     # and `transched train best.json` uses the same count, so it reproduces the result bit for bit.
     if merged.get("num_threads") is None:
@@ -81,6 +107,29 @@ class TrialMetrics:
                 self._gauges[name].set(float(value), tags=self.tags)
 
 
+def short_error(exc: BaseException) -> str:
+    """`Type: message`, cut to ERROR_LIMIT characters: what a trial's error attr and the study keep."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 3] + "..."
+
+
+def checkpoint_path(checkpoint_dir: str | None, sampled: dict[str, Any]) -> Path | None:
+    """Where this trial keeps its epoch checkpoint: `<checkpoint_dir>/<trial number>.pt`, the same for
+    every Tune retry of the trial. A trial that retries an earlier one (`RESUME_FROM`) takes over that
+    trial's checkpoint first, so it resumes where the earlier one was cut."""
+    number = sampled.get(TRIAL_NUMBER)
+    if checkpoint_dir is None or number is None:
+        return None
+    path = Path(checkpoint_dir) / f"{int(number)}.pt"
+    earlier = sampled.get(RESUME_FROM)
+    if earlier is not None and not path.exists():
+        source = Path(checkpoint_dir) / f"{int(earlier)}.pt"
+        if source.is_file():
+            os.replace(source, path)  # atomic; the earlier trial is over and never reads it again
+            logger.info("trial %s resumes from trial %s's checkpoint", number, earlier)
+    return path
+
+
 def run_trial(
     sampled: dict[str, Any],
     *,
@@ -88,33 +137,70 @@ def run_trial(
     cpus_per_trial: float,
     gpus_per_trial: float = 0.0,
     study: dict[str, str] | None = None,
+    checkpoint_dir: str | None = None,
 ) -> None:
-    """One trial. `study` ({"study_id", "study_name"}) tags its live metrics."""
+    """One trial. `study` ({"study_id", "study_name"}) tags its live metrics; `checkpoint_dir` (the
+    study's folder of epoch checkpoints, on storage every node can read) makes it resumable."""
     import ray
     from ray import tune
 
     from trainers import train
 
-    config = merge_config(fixed, sampled, cpus_per_trial=cpus_per_trial)
     where = {
         "node": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id(),
         "device": claim_device(gpus_per_trial),
         "started_at": time.time(),
     }
-
-    tags = {**(study or {}), "trial": str(sampled.get(TRIAL_NUMBER, "")), "method": config.method}
-    live = TrialMetrics({k: tags.get(k, "") for k in TrialMetrics.TAGS}, config.batch_size)
+    path = checkpoint_path(checkpoint_dir, sampled)
+    first = True
 
     def report(metrics: dict[str, Any]) -> None:
+        nonlocal first
         live.epoch(metrics)
         # Flat for Tune (the objective, its progress table), nested for the store (see EPOCH_REPORT).
-        tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where})
+        # `first_report` marks this attempt's first epoch (the epoch after its checkpoint's, if resumed).
+        tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where, FIRST_REPORT: first})
+        first = False
 
-    result = train(config, report=report)
+    try:
+        config = merge_config(fixed, sampled, cpus_per_trial=cpus_per_trial)
+        tags = {**(study or {}), "trial": str(sampled.get(TRIAL_NUMBER, "")), "method": config.method}
+        live = TrialMetrics({k: tags.get(k, "") for k in TrialMetrics.TAGS}, config.batch_size)
+        result = train(config, report=report, checkpoint=path)
+    except DETERMINISTIC_ERRORS as exc:
+        logger.error("trial %s failed, not retried: %s", sampled.get(TRIAL_NUMBER), exc, exc_info=True)
+        _report_failure(where, short_error(exc), DETERMINISTIC)
+        _remove(path)
+        return
+    _remove(path)
+    if result.diverged:
+        _report_failure(where, f"diverged at epoch {result.epochs_run}", DIVERGED, epoch=result.epochs_run)
+        return
+    _report_final(result, where)
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def _report_failure(where: dict[str, Any], message: str, kind: str, epoch: int = 0) -> None:
+    """The last result of a trial that failed for good: the searcher stores it as FAIL with `message`."""
+    from ray import tune
+
+    from service.schemas import METRIC
+
+    # The objective's key must be there (Tune checks every result for it), with no value.
+    tune.report({METRIC: None, "epoch": epoch, "final": True, ERROR: message, ERROR_KIND: kind, **where})
+
+
+def _report_final(result: Any, where: dict[str, Any]) -> None:
+    """A last result after training: the test accuracy of the best-validation model, and the run's end."""
+    from ray import tune
+
     summary = result.metrics()
     info = {k: summary.get(k) for k in INFO_KEYS if summary.get(k) is not None}
-    # A last result after training: the test accuracy of the best-validation model, and the run's end.
     last = result.history[-1] if result.history else {}
     tune.report(
         {

@@ -24,7 +24,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from service.trainable import TRIAL_NUMBER
+from service.trainable import ERROR, TRIAL_NUMBER
 
 logger = logging.getLogger("transched.trials")
 
@@ -94,7 +94,10 @@ class TrialEventLog(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         value = _fmt(last.get(self._metric))
-        if last.get("final"):
+        if last.get(ERROR):  # failed for good (diverged, or an error a retry cannot fix): not retried
+            self._ended[trial.trial_id] = "failed"
+            logger.warning("%s trial %s failed: %s", self._prefix, self._number(trial), last[ERROR])
+        elif last.get("final"):
             self._ended[trial.trial_id] = "finished"
             logger.info(
                 "%s trial %s finished: %s=%s at epoch %s of %s, test_acc=%s",
@@ -124,7 +127,12 @@ class TrialEventLog(Callback):
         # A stopped study ends Tune with its running trials cut off and no callback for them: say so here
         # (the driver then fails them in Optuna, as it does every trial left RUNNING).
         for trial in trials:
-            if trial.trial_id not in self._ended and trial.last_result:
+            if trial.trial_id not in self._ended and (trial.last_result or {}).get(ERROR):
+                self._ended[trial.trial_id] = "failed"  # its failure ended the run before Tune closed it
+                logger.warning(
+                    "%s trial %s failed: %s", self._prefix, self._number(trial), trial.last_result[ERROR]
+                )
+            elif trial.trial_id not in self._ended and trial.last_result:
                 self._ended[trial.trial_id] = "stopped"
                 logger.info(
                     "%s trial %s stopped after epoch %s: %s=%s",

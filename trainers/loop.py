@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import schedule
+from . import epoch_checkpoint, schedule
 from .batches import Batches, Sampler, run_seeds, steps_per_epoch
 from .config import TrainConfig
 from .data import TransferData, dataset_key, load_transfer_data
@@ -192,12 +192,19 @@ def _finite(value: float | None) -> float | None:
 
 
 def train(
-    config: TrainConfig | dict[str, Any], report: Callable[[dict[str, Any]], None] | None = None
+    config: TrainConfig | dict[str, Any],
+    report: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    checkpoint: str | Path | None = None,
 ) -> TrainResult:
     """Train one model of `config`, calling `report(metrics)` after each epoch; see the module doc.
 
     `report` receives a JSON-able dict with exactly the keys of `REPORT_KEYS` followed by the method's
     `report_keys`. An exception it raises (e.g. a tuner stopping the trial) propagates and ends training.
+
+    `checkpoint`: a file the run's state is saved to after each epoch (after its report), and resumed
+    from when it exists: the epochs it holds are not trained (nor reported) again, and the result is the
+    same as an uninterrupted run's (see epoch_checkpoint.py). The caller removes it when done with it.
     """
     # TrainConfig validates itself in __post_init__; replace() re-runs it on an instance the caller may
     # have mutated, and gives the result its own copy.
@@ -214,7 +221,7 @@ def train(
     try:
         # fork_rng: seeding here must neither be disturbed by nor disturb the caller's global RNG.
         with torch.random.fork_rng(devices=rng_devices):
-            return _train(config, report, device)
+            return _train(config, report, device, checkpoint)
     finally:
         if config.num_threads:
             torch.set_num_threads(previous_threads)
@@ -247,13 +254,21 @@ class _Run:
 
 
 def _train(
-    config: TrainConfig, report: Callable[[dict[str, Any]], None] | None, device: torch.device
+    config: TrainConfig,
+    report: Callable[[dict[str, Any]], None] | None,
+    device: torch.device,
+    checkpoint: str | Path | None = None,
 ) -> TrainResult:
     run = _setup(config, device)
-    for epoch in range(1, config.epochs + 1):
+    done = epoch_checkpoint.restore(run, checkpoint) if checkpoint is not None else 0
+    if done and _should_stop(run, done):  # it was interrupted after its last epoch
+        return _finish(run)
+    for epoch in range(done + 1, config.epochs + 1):
         metrics = _train_epoch(run, epoch)
         if report is not None:
             report(dict(metrics))
+        if checkpoint is not None:
+            epoch_checkpoint.save(run, checkpoint, epoch)
         if _should_stop(run, epoch):
             break
     return _finish(run)

@@ -160,5 +160,12 @@ class AutoMix(Method):
         self.momentum = momentum_at(step, total, self.config.ema_decay)
         ema_update(self.encoder_k, ctx.model, self.momentum)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "momentum": self.momentum}  # the next step's EMA reads it
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.momentum = float(state["momentum"])
+
     def eval_model(self, model: Any) -> Any:
         return self.encoder_k

@@ -173,6 +173,17 @@ class Method:
     def after_step(self, ctx: StepContext, step: int, total: int) -> None:
         """After the optimiser step (EMA updates)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the method changes while training, for an epoch checkpoint: the state of every module
+        it holds (teachers, the Mix Block). A method with other changing state extends this."""
+        return {k: v.state_dict() for k, v in vars(self).items() if isinstance(v, nn.Module)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` into a method that has been set up."""
+        for key, value in vars(self).items():
+            if isinstance(value, nn.Module):
+                value.load_state_dict(state[key])
+
     def eval_model(self, model: TransferNet) -> TransferNet:
         """The network evaluated and kept (AutoMix: the momentum encoder)."""
         return model
