@@ -162,22 +162,20 @@ def params(trial: FrozenTrial) -> dict[str, Any]:
     return dict(trial.user_attrs.get("sampled") or trial.params)
 
 
-def best_trial(storage: BaseStorage, *, name: str, where: TrialFilter | None = None) -> FrozenTrial | None:
-    """The best completed trial of an Optuna study, or of those of its trials `where` keeps; None if none.
+def _optuna_session(storage: BaseStorage) -> Session:
+    """A session on the database of Optuna's storage (an `RDBStorage`: the service's store)."""
+    return Session(storage.engine)  # type: ignore[attr-defined]
 
-    Without a filter it is the store's own answer, so it is `optuna.load_study(...).best_trial`; with
-    one, the highest value, the earliest trial on ties."""
-    try:
-        optuna_id = storage.get_study_id_from_name(name)
-    except KeyError:  # the driver has not created it yet
-        return None
-    if where is None:
-        try:
-            return storage.get_best_trial(optuna_id)
-        except ValueError:  # no completed trial
-            return None
-    complete = storage.get_all_trials(optuna_id, deepcopy=False, states=(TrialState.COMPLETE,))
-    return max((t for t in complete if where(t)), key=lambda t: (t.value, -t.number), default=None)
+
+def best_trial(storage: BaseStorage, *, name: str, where: TrialFilter | None = None) -> FrozenTrial | None:
+    """The best completed trial of an Optuna study, or of those of its trials `where` keeps; None if none:
+    the highest value, the earliest trial on ties. One ORDER BY ... LIMIT over the study's complete
+    trials; with a filter, read best first only until the first trial it keeps."""
+    with _optuna_session(storage) as session:
+        if where is None:
+            return repo.best_trials(session, names=[name]).get(name)
+        ranked = repo.complete_trials_best_first(session, name=name)
+        return next((t for t in ranked if where(t)), None)
 
 
 def study_page(
@@ -203,13 +201,14 @@ def overviews(
     links: Callable[[str, str | None], Links],
 ) -> list[StudyOut]:
     """Each study with its trial counts by state (one query for all of them) and its best trial so far."""
+    names = [s.optuna_study_name for s in studies]
     with sessions() as session:
-        counts = repo.trial_counts(session, names=[s.optuna_study_name for s in studies])
-    out = []
-    for study in studies:
-        best = best_trial(storage, name=study.optuna_study_name)
-        out.append(_overview(study, counts.get(study.optuna_study_name, {}), best, links))
-    return out
+        counts = repo.trial_counts(session, names=names)
+        best = repo.best_trials(session, names=names)
+    return [
+        _overview(s, counts.get(s.optuna_study_name, {}), best.get(s.optuna_study_name), links)
+        for s in studies
+    ]
 
 
 def _overview(
@@ -234,11 +233,10 @@ def _overview(
 
 
 def trials_page(study: Study, *, storage: BaseStorage, offset: int, limit: int) -> TrialPage:
-    """Trials by number: params, Optuna state, value and per-epoch metrics."""
-    ot = repo.load_optuna_study(storage, name=study.optuna_study_name)
-    trials = sorted(ot.get_trials(deepcopy=False), key=lambda t: t.number) if ot else []
-    items = [_trial_out(t) for t in trials[offset : offset + limit]]
-    return TrialPage(items=items, total=len(trials), offset=offset, limit=limit)
+    """Trials by number: params, Optuna state, value and per-epoch metrics; reads the page's rows only."""
+    with _optuna_session(storage) as session:
+        trials, total = repo.trial_page(session, name=study.optuna_study_name, offset=offset, limit=limit)
+    return TrialPage(items=[_trial_out(t) for t in trials], total=total, offset=offset, limit=limit)
 
 
 def _trial_out(t: FrozenTrial) -> TrialOut:
