@@ -25,8 +25,10 @@ from sqlalchemy import (
     over,
     select,
     table,
+    text,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from service.db import Study, StudyStatus, utcnow
@@ -288,10 +290,9 @@ def _complete_ranked():  # COMPLETE trials with their first value and their stud
     ), t.c.state == TrialState.COMPLETE
 
 
-def best_trials(session: Session, *, names: Sequence[str]) -> dict[str, FrozenTrial]:
-    """The best COMPLETE trial of each named Optuna study that has one (the earliest on ties), in two
-    round trips whatever the number of studies: a window over the studies' complete trials, then those
-    trials by id."""
+def best_trial_ids(session: Session, *, names: Sequence[str]) -> dict[str, int]:
+    """The id of the best COMPLETE trial of each named Optuna study that has one (the earliest on ties),
+    in one query whatever the number of studies: a window over the studies' complete trials."""
     if not names:
         return {}
     joined, complete = _complete_ranked()
@@ -303,10 +304,15 @@ def best_trials(session: Session, *, names: Sequence[str]) -> dict[str, FrozenTr
         .where(complete, s.c.study_name.in_(list(names)))
         .subquery()
     )
-    best = dict(
-        session.execute(select(ranked.c.trial_id, ranked.c.study_name).where(ranked.c.position == 1)).all()
-    )
-    return {best[ft._trial_id]: ft for ft in frozen_trials(session, trial_ids=list(best))}
+    rows = session.execute(select(ranked.c.study_name, ranked.c.trial_id).where(ranked.c.position == 1))
+    return dict(rows.tuples().all())
+
+
+def best_trials(session: Session, *, names: Sequence[str]) -> dict[str, FrozenTrial]:
+    """The best COMPLETE trial of each named Optuna study that has one (the earliest on ties)."""
+    ids = best_trial_ids(session, names=names)
+    by_id = {t._trial_id: t for t in frozen_trials(session, trial_ids=list(ids.values()))}
+    return {name: by_id[i] for name, i in ids.items()}
 
 
 def complete_trials_best_first(session: Session, *, name: str, batch: int = 50) -> Iterator[FrozenTrial]:
@@ -323,3 +329,18 @@ def complete_trials_best_first(session: Session, *, name: str, batch: int = 50) 
         if len(ids) < batch:
             return
         offset += batch
+
+
+# Indexes on Optuna's `trials` table for the reads above: a page by number and the counts by state walk an
+# index of the study's entries instead of sorting or reading its rows. Optuna's schema check reads only its
+# version table, so extra indexes leave `optuna.load_study` and optuna-dashboard as they are.
+OPTUNA_INDEXES = {
+    "ix_transched_trials_study_number": "trials (study_id, number)",
+    "ix_transched_trials_study_state": "trials (study_id, state)",
+}
+
+
+def ensure_optuna_indexes(connection: Connection) -> None:
+    """Create the indexes of `OPTUNA_INDEXES` that are missing (idempotent; Optuna's tables must exist)."""
+    for name, on in OPTUNA_INDEXES.items():
+        connection.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {on}"))

@@ -133,3 +133,39 @@ def test_complete_trials_come_best_first_in_batches(stored):
             assert [_view(t) for t in ranked] == [_view(t) for t in expected]
         low = [t.value for t in repo.complete_trials_best_first(s, name="low")]
     assert ranked[-1].value == -math.inf and low == [0.2, 0.3, math.inf]
+
+
+def test_the_cached_best_follows_a_running_study(stored):
+    from service import studies
+
+    def multitask(t):
+        return t.user_attrs["sampled"]["method"] == "multitask"
+
+    study = optuna.load_study(study_name="b", storage=stored)
+    assert studies.best_trial(stored, name="b").number == 1
+    first = studies.best_trial(stored, name="b", where=multitask, key="multitask")
+    again = studies.best_trial(stored, name="b", where=multitask, key="multitask")  # from the cache
+    assert again is not None and _view(again) == _view(first)
+    trial = study.ask(SPACE)
+    trial.set_user_attr("sampled", {"method": "multitask"})
+    assert studies.best_trial(stored, name="b").number == 1  # a running trial changes nothing
+    study.tell(trial, 0.99)
+    assert studies.best_trial(stored, name="b").number == trial.number
+    assert studies.best_trial(stored, name="b", where=multitask, key="multitask").number == trial.number
+    assert studies.best_trial(stored, name="empty") is None and studies.best_trial(stored, name="nope") is None
+
+
+def test_our_indexes_on_optunas_trials_leave_optuna_reading_and_writing_as_before(stored):
+    from sqlalchemy import inspect
+
+    for _ in range(2):  # idempotent
+        with stored.engine.begin() as connection:
+            repo.ensure_optuna_indexes(connection)
+    names = {ix["name"] for ix in inspect(stored.engine).get_indexes("trials")}
+    assert set(repo.OPTUNA_INDEXES) <= names
+    again = make_optuna_storage(stored.url)  # Optuna's schema check passes
+    study = optuna.load_study(study_name="a", storage=again)
+    trial = study.ask(SPACE)  # runs the enqueued (WAITING) trial
+    study.tell(trial, 0.2)
+    assert study.get_trials()[trial.number].value == 0.2 and trial.number == len(PLAN) - 1
+    again.engine.dispose()
