@@ -152,7 +152,8 @@ def test_the_cached_best_follows_a_running_study(stored):
     study.tell(trial, 0.99)
     assert studies.best_trial(stored, name="b").number == trial.number
     assert studies.best_trial(stored, name="b", where=multitask, key="multitask").number == trial.number
-    assert studies.best_trial(stored, name="empty") is None and studies.best_trial(stored, name="nope") is None
+    assert studies.best_trial(stored, name="empty") is None
+    assert studies.best_trial(stored, name="nope") is None
 
 
 def test_our_indexes_on_optunas_trials_leave_optuna_reading_and_writing_as_before(stored):
