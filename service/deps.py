@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import create_schema, engine_from, make_sessionmaker, optuna_storage_from
 from service.errors import ClusterUnavailable
 from service.ray_cluster import Cluster, RayUnavailable
+from service.repository import ensure_optuna_indexes
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class AppState:
             except RayUnavailable:
                 logger.exception("no Ray cluster: studies cannot be submitted until one is reachable")
         storage = optuna_storage_from(settings)
+        with storage.engine.begin() as connection:  # Optuna made its tables by now
+            ensure_optuna_indexes(connection)
         return cls(settings, engine, make_sessionmaker(engine), storage, cluster)
 
     def close(self) -> None:

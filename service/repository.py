@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
-from sqlalchemy import column, func, select, table, update
+from optuna.distributions import json_to_distribution
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import (
+    DateTime,
+    Enum,
+    Float,
+    Integer,
+    String,
+    Text,
+    and_,
+    case,
+    column,
+    func,
+    over,
+    select,
+    table,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from service.db import Study, StudyStatus, utcnow
@@ -117,10 +139,48 @@ def epoch_history(trial: optuna.trial.FrozenTrial) -> list[dict[str, Any]]:
     return [trial.user_attrs[k] for k in keys]
 
 
-# Optuna's own tables, named as its RDB schema names them (optuna-dashboard reads the same), with only the
-# columns counted here: the trial count of a study is a grouped query, not a load of every trial.
-_OPTUNA_STUDIES = table("studies", column("study_id"), column("study_name"))
-_OPTUNA_TRIALS = table("trials", column("study_id"), column("state"))
+# Optuna's own tables, named and typed as its RDB schema (optuna/storages/_rdb/models.py) has them, with
+# only the columns read here (optuna-dashboard and `optuna.load_study` read the same rows). Every read
+# below touches only the rows its answer needs: a grouped count, a LIMIT/OFFSET page of trial ids with the
+# values, params and user attrs of those ids only, the best trial by an ORDER BY ... LIMIT over the study's
+# COMPLETE trials. Enum columns carry Optuna's enum types (PostgreSQL stores them as its own ENUM types).
+_STATE = Enum(TrialState, name="trialstate")
+_VALUE_TYPE = Enum("FINITE", "INF_POS", "INF_NEG", name="trialvaluetype")
+_DIRECTION = Enum(StudyDirection, name="studydirection")
+_OPTUNA_STUDIES = table("studies", column("study_id", Integer), column("study_name", String))
+_OPTUNA_TRIALS = table(
+    "trials",
+    column("trial_id", Integer),
+    column("number", Integer),
+    column("study_id", Integer),
+    column("state", _STATE),
+    column("datetime_start", DateTime),
+    column("datetime_complete", DateTime),
+)
+_OPTUNA_VALUES = table(
+    "trial_values",
+    column("trial_id", Integer),
+    column("objective", Integer),
+    column("value", Float),
+    column("value_type", _VALUE_TYPE),
+)
+_OPTUNA_PARAMS = table(
+    "trial_params",
+    column("param_id", Integer),
+    column("trial_id", Integer),
+    column("param_name", String),
+    column("param_value", Float),
+    column("distribution_json", Text),
+)
+_OPTUNA_USER_ATTRS = table(
+    "trial_user_attributes", column("trial_id", Integer), column("key", String), column("value_json", Text)
+)
+_OPTUNA_DIRECTIONS = table(
+    "study_directions",
+    column("study_id", Integer),
+    column("objective", Integer),
+    column("direction", _DIRECTION),
+)
 
 
 def trial_counts(session: Session, *, names: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -136,5 +196,157 @@ def trial_counts(session: Session, *, names: Sequence[str]) -> dict[str, dict[st
     )
     counts: dict[str, dict[str, int]] = {}
     for name, state, n in session.execute(stmt):
-        counts.setdefault(name, {})[str(state)] = int(n)
+        counts.setdefault(name, {})[state.name] = int(n)
     return counts
+
+
+def _study_trials(name: str):  # the trials of one named Optuna study
+    studies, trials = _OPTUNA_STUDIES, _OPTUNA_TRIALS
+    return trials.join(studies, trials.c.study_id == studies.c.study_id), studies.c.study_name == name
+
+
+def trial_page(session: Session, *, name: str, offset: int, limit: int) -> tuple[list[FrozenTrial], int]:
+    """Trials `offset`..`offset + limit` of a named Optuna study by number, and its trial count: the
+    page's rows only, however many trials the study has."""
+    trials = _OPTUNA_TRIALS
+    joined, of_study = _study_trials(name)
+    total = session.scalar(select(func.count()).select_from(joined).where(of_study)) or 0
+    ids = session.scalars(
+        select(trials.c.trial_id)
+        .select_from(joined)
+        .where(of_study)
+        .order_by(trials.c.number, trials.c.trial_id)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return frozen_trials(session, trial_ids=ids), total
+
+
+def _local_naive(utc: datetime | None) -> datetime | None:
+    # Optuna stores naive UTC and hands back naive local time (TrialModel.datetime_start).
+    return None if utc is None else utc.replace(tzinfo=UTC).astimezone().replace(tzinfo=None)
+
+
+def _stored_value(value: float | None, value_type: str) -> float:
+    return {"INF_POS": float("inf"), "INF_NEG": float("-inf")}.get(value_type, value)  # type: ignore[return-value]
+
+
+def frozen_trials(session: Session, *, trial_ids: Sequence[int]) -> list[FrozenTrial]:
+    """The trials of these ids, in this order, as Optuna's `FrozenTrial`s: number, state, values,
+    datetimes, params with their distributions and user attrs, as `Study.get_trials()` has them (not
+    their system attrs or intermediate values, which the service does not show). Four queries."""
+    ids = list(trial_ids)
+    if not ids:
+        return []
+    t, v, p, a = _OPTUNA_TRIALS, _OPTUNA_VALUES, _OPTUNA_PARAMS, _OPTUNA_USER_ATTRS
+    values: dict[int, dict[int, float]] = {}
+    for tid, objective, value, vtype in session.execute(
+        select(v.c.trial_id, v.c.objective, v.c.value, v.c.value_type).where(v.c.trial_id.in_(ids))
+    ):
+        values.setdefault(tid, {})[objective] = _stored_value(value, vtype)
+    params: dict[int, list[tuple[str, float, str]]] = {}
+    for tid, pname, pvalue, dist in session.execute(
+        select(p.c.trial_id, p.c.param_name, p.c.param_value, p.c.distribution_json)
+        .where(p.c.trial_id.in_(ids))
+        .order_by(p.c.param_id)
+    ):
+        params.setdefault(tid, []).append((pname, pvalue, dist))
+    attrs: dict[int, dict[str, Any]] = {}
+    for tid, key, value_json in session.execute(
+        select(a.c.trial_id, a.c.key, a.c.value_json).where(a.c.trial_id.in_(ids))
+    ):
+        attrs.setdefault(tid, {})[key] = json.loads(value_json)
+    rows = {row.trial_id: row for row in session.execute(select(t).where(t.c.trial_id.in_(ids)))}
+    return [_frozen(rows[i], values.get(i), params.get(i, []), attrs.get(i, {})) for i in ids if i in rows]
+
+
+def _frozen(row: Any, values: dict[int, float] | None, params: list, attrs: dict[str, Any]) -> FrozenTrial:
+    dists = {name: json_to_distribution(dist) for name, _, dist in params}
+    return FrozenTrial(
+        number=row.number,
+        state=row.state,
+        value=None,
+        values=[values[k] for k in sorted(values)] if values else None,
+        datetime_start=_local_naive(row.datetime_start),
+        datetime_complete=_local_naive(row.datetime_complete),
+        params={name: dists[name].to_external_repr(value) for name, value, _ in params},
+        distributions=dists,
+        user_attrs=attrs,
+        system_attrs={},
+        intermediate_values={},
+        trial_id=row.trial_id,
+    )
+
+
+def _best_first(direction_col: Any) -> list[Any]:
+    """ORDER BY terms putting a study's best first value first under its direction (objective 0),
+    infinities ranked as Optuna ranks them, the earliest trial on ties."""
+    v, t = _OPTUNA_VALUES, _OPTUNA_TRIALS
+    rank = case((v.c.value_type == "INF_NEG", -1), (v.c.value_type == "INF_POS", 1), else_=0)
+    sign = case((direction_col == StudyDirection.MAXIMIZE, -1), else_=1)
+    return [sign * rank, sign * func.coalesce(v.c.value, 0.0), t.c.number]
+
+
+def _complete_ranked():  # COMPLETE trials with their first value and their study's direction
+    t, v, d = _OPTUNA_TRIALS, _OPTUNA_VALUES, _OPTUNA_DIRECTIONS
+    return (
+        t.join(v, and_(v.c.trial_id == t.c.trial_id, v.c.objective == 0))
+        .join(d, and_(d.c.study_id == t.c.study_id, d.c.objective == 0))
+        .join(_OPTUNA_STUDIES, _OPTUNA_STUDIES.c.study_id == t.c.study_id)
+    ), t.c.state == TrialState.COMPLETE
+
+
+def best_trial_ids(session: Session, *, names: Sequence[str]) -> dict[str, int]:
+    """The id of the best COMPLETE trial of each named Optuna study that has one (the earliest on ties),
+    in one query whatever the number of studies: a window over the studies' complete trials."""
+    if not names:
+        return {}
+    joined, complete = _complete_ranked()
+    s, d, t = _OPTUNA_STUDIES, _OPTUNA_DIRECTIONS, _OPTUNA_TRIALS
+    position = over(func.row_number(), partition_by=t.c.study_id, order_by=_best_first(d.c.direction))
+    ranked = (
+        select(s.c.study_name, t.c.trial_id, position.label("position"))
+        .select_from(joined)
+        .where(complete, s.c.study_name.in_(list(names)))
+        .subquery()
+    )
+    rows = session.execute(select(ranked.c.study_name, ranked.c.trial_id).where(ranked.c.position == 1))
+    return dict(rows.tuples().all())
+
+
+def best_trials(session: Session, *, names: Sequence[str]) -> dict[str, FrozenTrial]:
+    """The best COMPLETE trial of each named Optuna study that has one (the earliest on ties)."""
+    ids = best_trial_ids(session, names=names)
+    by_id = {t._trial_id: t for t in frozen_trials(session, trial_ids=list(ids.values()))}
+    return {name: by_id[i] for name, i in ids.items()}
+
+
+def complete_trials_best_first(session: Session, *, name: str, batch: int = 50) -> Iterator[FrozenTrial]:
+    """The COMPLETE trials of a named Optuna study, best first (the earliest on ties), fetched `batch`
+    at a time: a caller looking for the best trial of some kind reads only as far as its first match."""
+    joined, complete = _complete_ranked()
+    d, s, t = _OPTUNA_DIRECTIONS, _OPTUNA_STUDIES, _OPTUNA_TRIALS
+    stmt = select(t.c.trial_id).select_from(joined).where(complete, s.c.study_name == name)
+    stmt = stmt.order_by(*_best_first(d.c.direction))
+    offset = 0
+    while True:
+        ids = session.scalars(stmt.offset(offset).limit(batch)).all()
+        yield from frozen_trials(session, trial_ids=ids)
+        if len(ids) < batch:
+            return
+        offset += batch
+
+
+# Indexes on Optuna's `trials` table for the reads above: a page by number and the counts by state walk an
+# index of the study's entries instead of sorting or reading its rows. Optuna's schema check reads only its
+# version table, so extra indexes leave `optuna.load_study` and optuna-dashboard as they are.
+OPTUNA_INDEXES = {
+    "ix_transched_trials_study_number": "trials (study_id, number)",
+    "ix_transched_trials_study_state": "trials (study_id, state)",
+}
+
+
+def ensure_optuna_indexes(connection: Connection) -> None:
+    """Create the indexes of `OPTUNA_INDEXES` that are missing (idempotent; Optuna's tables must exist)."""
+    for name, on in OPTUNA_INDEXES.items():
+        connection.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {on}"))

@@ -8,7 +8,9 @@ session is open while Ray is asked anything: a slow or dead cluster never pins a
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
@@ -166,22 +168,75 @@ def params(trial: FrozenTrial) -> dict[str, Any]:
     return dict(trial.user_attrs.get("sampled") or trial.params)
 
 
-def best_trial(storage: BaseStorage, *, name: str, where: TrialFilter | None = None) -> FrozenTrial | None:
-    """The best completed trial of an Optuna study, or of those of its trials `where` keeps; None if none.
+def _optuna_session(storage: BaseStorage) -> Session:
+    """A session on the database of Optuna's storage (an `RDBStorage`: the service's store)."""
+    return Session(storage.engine)  # type: ignore[attr-defined]
 
-    Without a filter it is the store's own answer, so it is `optuna.load_study(...).best_trial`; with
-    one, the highest value, the earliest trial on ties."""
-    try:
-        optuna_id = storage.get_study_id_from_name(name)
-    except KeyError:  # the driver has not created it yet
-        return None
-    if where is None:
-        try:
-            return storage.get_best_trial(optuna_id)
-        except ValueError:  # no completed trial
-            return None
-    complete = storage.get_all_trials(optuna_id, deepcopy=False, states=(TrialState.COMPLETE,))
-    return max((t for t in complete if where(t)), key=lambda t: (t.value, -t.number), default=None)
+
+class BestCache:
+    """Best trial ids by (Optuna study name, its number of COMPLETE trials, the filter's name): the best of
+    a study is found once per new completed trial, not on every read. It stays correct while a study
+    runs: Optuna never changes a finished trial, so COMPLETE trials only ever join a study, and a study with
+    as many as when its best was found has the same ones, and the same best. Bounded (oldest out)."""
+
+    def __init__(self, size: int = 4096):
+        self._ids: OrderedDict[tuple[str, int, str | None], int | None] = OrderedDict()
+        self._size, self._lock = size, threading.Lock()
+
+    def get(self, key: tuple[str, int, str | None]) -> int | None | bool:
+        """The cached id (None: no such trial), or False where nothing is cached."""
+        with self._lock:
+            return self._ids.get(key, False)
+
+    def put(self, key: tuple[str, int, str | None], trial_id: int | None) -> None:
+        with self._lock:
+            self._ids[key] = trial_id
+            while len(self._ids) > self._size:
+                self._ids.popitem(last=False)
+
+
+BEST = BestCache()
+
+
+def _optuna_session(storage: BaseStorage) -> Session:
+    """A session on the database of Optuna's storage (an `RDBStorage`: the service's store)."""
+    return Session(storage.engine)  # type: ignore[attr-defined]
+
+
+def _bests(session: Session, counts: dict[str, dict[str, int]], names: list[str]) -> dict[str, FrozenTrial]:
+    """The best trial of each named study (given its trial counts): from the cache, or one window query
+    for the studies whose completed trials changed since; then those trials by id."""
+    keys = {n: (n, counts.get(n, {}).get("COMPLETE", 0), None) for n in names}
+    ids = {n: BEST.get(k) for n, k in keys.items() if k[1]}  # no completed trial: no best
+    missing = [n for n, i in ids.items() if i is False]
+    found = repo.best_trial_ids(session, names=missing)
+    for name in missing:
+        ids[name] = found.get(name)
+        BEST.put(keys[name], ids[name])
+    by_id = {t._trial_id: t for t in repo.frozen_trials(session, trial_ids=[i for i in ids.values() if i])}
+    return {n: by_id[i] for n, i in ids.items() if i and i in by_id}
+
+
+def best_trial(
+    storage: BaseStorage, *, name: str, where: TrialFilter | None = None, key: str | None = None
+) -> FrozenTrial | None:
+    """The best completed trial of an Optuna study, or of those of its trials `where` keeps (`key` names
+    the filter, for the cache); None if none: the highest value, the earliest trial on ties. One
+    ORDER BY over the study's complete trials once per newly completed trial; with a filter, read best
+    first only until the first trial it keeps."""
+    with _optuna_session(storage) as session:
+        counts = repo.trial_counts(session, names=[name])
+        if where is None:
+            return _bests(session, counts, [name]).get(name)
+        cache_key = (name, counts.get(name, {}).get("COMPLETE", 0), key)
+        trial_id = BEST.get(cache_key) if key is not None else False
+        if trial_id is False:
+            ranked = repo.complete_trials_best_first(session, name=name)
+            best = next((t for t in ranked if where(t)), None)
+            if key is not None:
+                BEST.put(cache_key, best._trial_id if best else None)
+            return best
+        return repo.frozen_trials(session, trial_ids=[trial_id])[0] if trial_id else None
 
 
 def study_page(
@@ -207,13 +262,14 @@ def overviews(
     links: Callable[[str, str | None], Links],
 ) -> list[StudyOut]:
     """Each study with its trial counts by state (one query for all of them) and its best trial so far."""
+    names = [s.optuna_study_name for s in studies]
     with sessions() as session:
-        counts = repo.trial_counts(session, names=[s.optuna_study_name for s in studies])
-    out = []
-    for study in studies:
-        best = best_trial(storage, name=study.optuna_study_name)
-        out.append(_overview(study, counts.get(study.optuna_study_name, {}), best, links))
-    return out
+        counts = repo.trial_counts(session, names=names)
+        best = _bests(session, counts, names)
+    return [
+        _overview(s, counts.get(s.optuna_study_name, {}), best.get(s.optuna_study_name), links)
+        for s in studies
+    ]
 
 
 def _overview(
@@ -238,11 +294,10 @@ def _overview(
 
 
 def trials_page(study: Study, *, storage: BaseStorage, offset: int, limit: int) -> TrialPage:
-    """Trials by number: params, Optuna state, value and per-epoch metrics."""
-    ot = repo.load_optuna_study(storage, name=study.optuna_study_name)
-    trials = sorted(ot.get_trials(deepcopy=False), key=lambda t: t.number) if ot else []
-    items = [_trial_out(t) for t in trials[offset : offset + limit]]
-    return TrialPage(items=items, total=len(trials), offset=offset, limit=limit)
+    """Trials by number: params, Optuna state, value and per-epoch metrics; reads the page's rows only."""
+    with _optuna_session(storage) as session:
+        trials, total = repo.trial_page(session, name=study.optuna_study_name, offset=offset, limit=limit)
+    return TrialPage(items=[_trial_out(t) for t in trials], total=total, offset=offset, limit=limit)
 
 
 def _trial_out(t: FrozenTrial) -> TrialOut:
@@ -294,7 +349,7 @@ def best_config(study: Study, *, storage: BaseStorage, method: str | None = None
         where = method_filter(arms, method)
         if where is None:
             raise InvalidForStudy(f"study {study.id} has no method {method!r}; it has {', '.join(arms)}")
-    trial = best_trial(storage, name=study.optuna_study_name, where=where)
+    trial = best_trial(storage, name=study.optuna_study_name, where=where, key=method)
     if trial is None:
         which = f" of method {method!r}" if method else ""
         raise Conflict(f"study {study.id} has no completed trial{which} yet")

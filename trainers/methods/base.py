@@ -29,9 +29,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+
+from trainers._lazy import F, nn, torch
 
 if TYPE_CHECKING:  # annotations only: methods depend on no other trainers module at run time
     from ..config import TrainConfig
@@ -264,11 +263,11 @@ def make_teacher(model: nn.Module) -> nn.Module:
     return teacher.eval()
 
 
-@torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """theta_T <- decay * theta_T + (1 - decay) * theta_S for every parameter; buffers (BN running
     statistics) are copied from the student, so the teacher evaluates with current statistics."""
-    for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
-        t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
-    for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
-        t.copy_(s)
+    with torch.no_grad():  # not a decorator: that would import torch with this module (trainers._lazy)
+        for t, s in zip(teacher.parameters(), student.parameters(), strict=True):
+            t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+        for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
+            t.copy_(s)

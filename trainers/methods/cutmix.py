@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
+from trainers._lazy import torch
 
 from .base import Method, StepContext, mixed_cross_entropy, permutations, sample_beta
 from .mixup import MIXUP_ALPHA

@@ -50,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
+from trainers._lazy import torch
 
 from .base import (
     Fixed,

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
+from trainers._lazy import F, torch
 
 from .base import SCHEDULE_PARAMS, Fixed, Method, Range, StepContext
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
+from trainers._lazy import torch
 
 from .base import (
     Method,

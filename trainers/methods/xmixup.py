@@ -36,8 +36,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+from trainers._lazy import F, torch
 
 from .base import Method, Range, StepContext
 
@@ -111,11 +111,11 @@ def repeated_pairing(
     return rounds
 
 
-@torch.no_grad()
 def _features(model: Any, x: torch.Tensor, domain: str) -> torch.Tensor:
-    return torch.cat(
-        [model.features(x[i : i + CENTROID_BATCH], domain) for i in range(0, len(x), CENTROID_BATCH)]
-    )
+    with torch.no_grad():  # not a decorator: that would import torch with this module (trainers._lazy)
+        return torch.cat(
+            [model.features(x[i : i + CENTROID_BATCH], domain) for i in range(0, len(x), CENTROID_BATCH)]
+        )
 
 
 class XMixup(Method):

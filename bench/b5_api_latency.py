@@ -1,0 +1,82 @@
+"""B5 API latency: p50/p99 of the read endpoints with 10,000 trials stored, against ~100, on SQLite and
+PostgreSQL. Target: p99 under 50 ms, flat in the trial count (a page of trials costs the page).
+
+    python -m bench.b5_api_latency [--quick]
+
+Each trial carries what the driver stores (params, value, 8 user attrs and one attr per epoch, 20 epochs);
+the API runs in its own process (uvicorn), requested over HTTP with keep-alive, one request at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.api_store import api_server, database, percentile, populate, temp_dir, timed_gets
+
+TARGET_P99_S = 0.050
+
+
+def _paths(study_id: str) -> dict[str, str]:
+    return {
+        "GET /studies/{id}": f"/studies/{study_id}",
+        "GET /studies/{id}/trials?limit=100": f"/studies/{study_id}/trials?limit=100",
+        "GET /studies/{id}/trials?offset=5000&limit=100": f"/studies/{study_id}/trials?offset=5000&limit=100",
+        "GET /studies/{id}/best": f"/studies/{study_id}/best",
+        "GET /studies/{id}/best?method=multitask": f"/studies/{study_id}/best?method=multitask",
+        "GET /studies": "/studies?limit=20",
+    }
+
+
+def measure(backend: str, n_trials: int, requests: int) -> dict[str, tuple[float, float]]:
+    """{endpoint: (p50 s, p99 s)} over a store of one study of `n_trials` trials and 9 small ones."""
+    with temp_dir() as tmp, database(backend, Path(tmp)) as url:
+        study_id = populate(url, n_trials=n_trials)
+        with api_server(url, Path(tmp)) as (client, _pid):
+            out = {}
+            for label, path in _paths(study_id).items():
+                times = timed_gets(client, path, requests)
+                out[label] = (percentile(times, 0.5), percentile(times, 0.99))
+    return out
+
+
+def run(*, quick: bool = False) -> dict:
+    requests = 30 if quick else 200
+    sizes = (100, 10_000)
+    results = {(b, n): measure(b, n, requests) for b in ("sqlite", "postgresql") for n in sizes}
+    lines = [
+        f"{requests} sequential requests per endpoint, after 3 warm-up ones; milliseconds.",
+        "",
+        "| endpoint | backend | p50 @100 | p99 @100 | p50 @10k | p99 @10k | p99 10k/100 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    worst = 0.0
+    for backend in ("sqlite", "postgresql"):
+        for label in results[(backend, sizes[0])]:
+            s50, s99 = results[(backend, sizes[0])][label]
+            b50, b99 = results[(backend, sizes[1])][label]
+            worst = max(worst, b99)
+            lines.append(
+                f"| `{label}` | {backend} | {s50 * 1e3:.1f} | {s99 * 1e3:.1f} | {b50 * 1e3:.1f} | "
+                f"{b99 * 1e3:.1f} | {b99 / s99:.2f} |"
+            )
+    met = worst < TARGET_P99_S
+    lines += ["", f"Worst p99 at 10,000 trials: {worst * 1e3:.1f} ms (target < {TARGET_P99_S * 1e3:.0f} ms)."]
+    return {
+        "id": "B5",
+        "title": "API latency with 10,000 trials stored",
+        "lines": lines,
+        "target": "p99 < 50 ms at 10,000 trials, flat in the trial count",
+        "met": met,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    result = run(quick=p.parse_args().quick)
+    print("\n".join(result["lines"]))
+
+
+if __name__ == "__main__":
+    main()

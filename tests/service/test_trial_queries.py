@@ -1,0 +1,172 @@
+"""The API's trial reads (a page, the best trial, the best of many studies, complete trials best first)
+are SQL over Optuna's schema that touches only the rows of the answer; they must equal Optuna's own
+view of the same study (`optuna.load_study(...).get_trials()`, `.best_trial`), on SQLite and PostgreSQL."""
+
+import math
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from service import repository as repo
+from service.db import make_optuna_storage
+
+SPACE = {
+    "method": CategoricalDistribution(["smooth", "mixup", "multitask"]),
+    "t0": FloatDistribution(0.0, 1.0),
+    "lr": FloatDistribution(1e-4, 1e-1, log=True),
+    "k": IntDistribution(1, 8),
+}
+# state, value: ties at 0.9 (the earliest wins), infinities, and every state the driver writes
+PLAN = [
+    ("COMPLETE", 0.5),
+    ("COMPLETE", 0.9),
+    ("PRUNED", 0.95),
+    ("FAIL", None),
+    ("COMPLETE", 0.9),
+    ("RUNNING", None),
+    ("COMPLETE", float("-inf")),
+    ("COMPLETE", 0.7),
+    ("COMPLETE", 0.1),
+    ("WAITING", None),  # last: the next ask would run it
+]
+
+
+def _fill(study: optuna.Study, plan, seed: int) -> None:
+    for i, (state, value) in enumerate(plan):
+        if state == "WAITING":
+            study.enqueue_trial({"k": 3}, user_attrs={"queued": True})
+            continue
+        trial = study.ask(SPACE)
+        trial.set_user_attr("sampled", {**trial.params, "schedule": i % 2 == 0})
+        trial.set_user_attr("node", f"n{seed}")
+        trial.set_user_attr("info", {"seed": seed, "nested": {"a": [1, 2.5, None]}})
+        for epoch in range(1, 4):
+            trial.set_user_attr(f"epoch:{epoch:05d}", {"epoch": epoch, "val_acc": 0.1 * epoch, "lambda": 0.5})
+        if state == "COMPLETE":
+            study.tell(trial, value)
+        elif state == "PRUNED":
+            trial.report(value, 3)  # a pruned trial keeps its last reported value
+            study.tell(trial, state=TrialState.PRUNED)
+        elif state == "FAIL":
+            study.tell(trial, state=TrialState.FAIL)
+
+
+@pytest.fixture
+def stored(url):
+    storage = make_optuna_storage(url)
+    for name, seed in (("a", 0), ("b", 1)):
+        _fill(optuna.create_study(study_name=name, storage=storage, direction="maximize"), PLAN, seed)
+    low = optuna.create_study(study_name="low", storage=storage, direction="minimize")
+    _fill(low, [("COMPLETE", 0.3), ("COMPLETE", float("inf")), ("COMPLETE", 0.2)], 2)
+    optuna.create_study(study_name="empty", storage=storage, direction="maximize")
+    yield storage
+    storage.engine.dispose()
+
+
+def _view(t: optuna.trial.FrozenTrial) -> tuple:
+    return (
+        t.number,
+        t.state,
+        t.values,
+        t.value if t.values is not None and len(t.values) == 1 else None,
+        t.params,
+        t.distributions,
+        t.user_attrs,
+        t.datetime_start,
+        t.datetime_complete,
+        t._trial_id,
+    )
+
+
+def _optuna_trials(storage, name):
+    return sorted(optuna.load_study(study_name=name, storage=storage).get_trials(), key=lambda t: t.number)
+
+
+def test_a_page_of_trials_is_optunas_own_view_of_those_trials(stored):
+    expected = _optuna_trials(stored, "b")
+    assert {t.state for t in expected} == {TrialState[state] for state, _ in PLAN}
+    with Session(stored.engine) as s:
+        for offset, limit in [(0, 100), (0, 3), (3, 4), (9, 5), (10, 5), (50, 1)]:
+            page, total = repo.trial_page(s, name="b", offset=offset, limit=limit)
+            assert total == len(expected) == len(PLAN)
+            assert [_view(t) for t in page] == [_view(t) for t in expected[offset : offset + limit]]
+
+
+def test_a_page_reads_a_fixed_number_of_statements_and_an_unknown_study_is_empty(stored):
+    statements = []
+    event.listen(stored.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with Session(stored.engine) as s:
+        assert repo.trial_page(s, name="a", offset=0, limit=2)[1] == len(PLAN)
+        n = len(statements)
+        assert repo.trial_page(s, name="a", offset=0, limit=8)[1] == len(PLAN)
+        assert len(statements) - n == n  # the page's size does not change the number of queries
+        assert repo.trial_page(s, name="nope", offset=0, limit=8) == ([], 0)
+    # every statement is a count, a LIMIT page of ids, or a read of the page's ids: none scans the study
+    assert all("count(" in q.lower() or "LIMIT" in q or "IN (" in q for q in statements), statements
+
+
+def test_the_best_of_each_study_is_optunas_best_and_the_earliest_on_ties(stored):
+    with Session(stored.engine) as s:
+        best = repo.best_trials(s, names=["a", "b", "low", "empty", "nope"])
+        assert repo.best_trials(s, names=[]) == {}
+    assert sorted(best) == ["a", "b", "low"]
+    for name in ("a", "b", "low"):
+        ot_best = optuna.load_study(study_name=name, storage=stored).best_trial
+        assert best[name].value == ot_best.value
+        assert _view(best[name]) == _view(_optuna_trials(stored, name)[best[name].number])
+    assert (best["a"].number, best["a"].value) == (1, 0.9)  # trial 4 ties at 0.9: the earliest wins
+    assert (best["low"].number, best["low"].value) == (2, 0.2)  # minimize; +inf ranks last
+
+
+def test_complete_trials_come_best_first_in_batches(stored):
+    expected = sorted(
+        (t for t in _optuna_trials(stored, "a") if t.state == TrialState.COMPLETE),
+        key=lambda t: (-t.value, t.number),
+    )
+    with Session(stored.engine) as s:
+        for batch in (1, 2, 50):
+            ranked = list(repo.complete_trials_best_first(s, name="a", batch=batch))
+            assert [_view(t) for t in ranked] == [_view(t) for t in expected]
+        low = [t.value for t in repo.complete_trials_best_first(s, name="low")]
+    assert ranked[-1].value == -math.inf and low == [0.2, 0.3, math.inf]
+
+
+def test_the_cached_best_follows_a_running_study(stored):
+    from service import studies
+
+    def multitask(t):
+        return t.user_attrs["sampled"]["method"] == "multitask"
+
+    study = optuna.load_study(study_name="b", storage=stored)
+    assert studies.best_trial(stored, name="b").number == 1
+    first = studies.best_trial(stored, name="b", where=multitask, key="multitask")
+    again = studies.best_trial(stored, name="b", where=multitask, key="multitask")  # from the cache
+    assert again is not None and _view(again) == _view(first)
+    trial = study.ask(SPACE)
+    trial.set_user_attr("sampled", {"method": "multitask"})
+    assert studies.best_trial(stored, name="b").number == 1  # a running trial changes nothing
+    study.tell(trial, 0.99)
+    assert studies.best_trial(stored, name="b").number == trial.number
+    assert studies.best_trial(stored, name="b", where=multitask, key="multitask").number == trial.number
+    assert studies.best_trial(stored, name="empty") is None
+    assert studies.best_trial(stored, name="nope") is None
+
+
+def test_our_indexes_on_optunas_trials_leave_optuna_reading_and_writing_as_before(stored):
+    from sqlalchemy import inspect
+
+    for _ in range(2):  # idempotent
+        with stored.engine.begin() as connection:
+            repo.ensure_optuna_indexes(connection)
+    names = {ix["name"] for ix in inspect(stored.engine).get_indexes("trials")}
+    assert set(repo.OPTUNA_INDEXES) <= names
+    again = make_optuna_storage(stored.url)  # Optuna's schema check passes
+    study = optuna.load_study(study_name="a", storage=again)
+    trial = study.ask(SPACE)  # runs the enqueued (WAITING) trial
+    study.tell(trial, 0.2)
+    assert study.get_trials()[trial.number].value == 0.2 and trial.number == len(PLAN) - 1
+    again.engine.dispose()
