@@ -2,8 +2,10 @@
 
     python -m service.driver STUDY_ID
 
-The driver moves the study pending -> running -> completed | stopped | failed, and on the way out
-fails any Optuna trial still RUNNING (Optuna's heartbeat does not run under ask-and-tell).
+The driver moves the study pending -> running -> completed | stopped | failed. Trials still RUNNING when
+Tune's run has ended were cut by it (a stop, or the first trials all failing with an error a retry cannot
+fix): they are PRUNED. On any other way out it fails those still RUNNING (Optuna's heartbeat does not run
+under ask-and-tell).
 """
 
 from __future__ import annotations

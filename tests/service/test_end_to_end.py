@@ -346,7 +346,10 @@ def test_a_study_whose_data_is_missing_fails_with_the_datasets_message_not_a_tra
     assert study["status"] == "failed"
     assert study["trial_counts"] == {"FAIL": 2}, study
     error = study["error"]
-    assert error.startswith("2 of 2 trials failed: DatasetNotFoundError: dataset 'cifar10' not found"), error
+    assert error.startswith(
+        "the first 2 trials failed with an error a retry cannot fix: "
+        "DatasetNotFoundError: dataset 'cifar10' not found"
+    ), error
     assert str(server["data_dir"] / "nowhere") in error  # the folder looked in, made absolute at submission
     assert "Traceback" not in error and 'File "' not in error
     logs = finished["ray"].final_logs(created["ray_job_id"])
