@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, engine_from, make_sessionmaker, optuna_storage_from
+from service.early_stopping import RUNG_ATTR, RUNG_END, TRAINED_EPOCHS, rung_budgets, scheduler
 from service.ray_cluster import resource_problem
 from service.repository import (
     EPOCH_ATTR_PREFIX,
@@ -28,6 +29,7 @@ from service.repository import (
     reap_running_trials,
     set_status,
 )
+from service.reuse import COPIED_ATTRS, REUSE, REUSED_FROM, ReuseIndex, reused_result
 from service.schemas import METRIC, StudySpec
 from service.settings import Settings
 from service.trainable import EPOCH_REPORT, TRIAL_NUMBER
@@ -50,19 +52,65 @@ class StoredOptunaSearch(OptunaSearch):
     """OptunaSearch that also keeps what the API needs in the Optuna trial: the sampled config
     (constants included, which Optuna's params lack), per-epoch metrics, node and timings."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reuse = ReuseIndex()  # no wasted trials: see service/reuse.py
+        self._configs: dict[str, tuple[dict, int]] = {}  # Tune trial id -> (sampled config, number)
+        self._parked: tuple[Any, dict] | None = None  # (Optuna trial, config) waiting for its twin to end
+
     def suggest(self, trial_id: str) -> dict | None:
+        if self._parked is not None:  # a config identical to a running trial's waits for its result
+            ot_trial, config = self._parked
+            if self._reuse.match(config)[0] == "running":
+                return None  # Tune asks again later
+            self._parked = None
+            self._ot_trials[trial_id] = ot_trial
+            return self._start(trial_id, ot_trial, config)
         config = super().suggest(trial_id)
-        if config is not None:
-            self._ot_trials[trial_id].set_user_attr("sampled", config)
-            config = {**config, TRIAL_NUMBER: self._ot_trials[trial_id].number}  # see service.tune_events
-        return config
+        if config is None:
+            return None
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("sampled", config)
+        self._reuse.load(self._ot_study)
+        kind, twin = self._reuse.match(config)
+        if kind == "running":
+            del self._ot_trials[trial_id]
+            self._parked = (ot_trial, config)
+            logger.info("trial %d waits for running trial %d's result (same config)", ot_trial.number, twin)
+            return None
+        return self._start(trial_id, ot_trial, config)
+
+    def _start(self, trial_id: str, ot_trial: Any, config: dict) -> dict:
+        """The config Tune runs: the sampled one with the study's trial number (see service.tune_events)
+        and, for a config identical to a COMPLETE trial's, that trial's result to report (not trained)."""
+        kind, twin = self._reuse.match(config)
+        self._configs[trial_id] = (config, ot_trial.number)
+        if kind != "complete":
+            self._reuse.started(config, ot_trial.number)
+            return {**config, TRIAL_NUMBER: ot_trial.number}
+        storage, study_id = self._ot_study._storage, self._ot_study._study_id
+        original = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, twin))
+        reused = reused_result(original)
+        for key, value in original.user_attrs.items():
+            if key.startswith(EPOCH_ATTR_PREFIX) or key in COPIED_ATTRS:
+                ot_trial.set_user_attr(key, value)
+        ot_trial.set_user_attr(REUSED_FROM, twin)
+        logger.info(
+            "trial %d reuses the result of trial %d (identical config, not trained again): %s=%s",
+            ot_trial.number, twin, METRIC, reused["value"],
+        )  # fmt: skip
+        return {**config, TRIAL_NUMBER: ot_trial.number, REUSE: reused}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # A trial ended before its last result (study stopped, scheduler) has only a partial value:
         # it reaches Optuna as PRUNED, not COMPLETE, so TPE and /best only see fully trained trials.
-        if result is not None and not error and not result.get("final"):
+        complete = result is not None and not error and bool(result.get("final"))
+        if not complete:
             result = None
         super().on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self._configs:
+            config, number = self._configs.pop(trial_id)
+            self._reuse.finished(config, number, complete=complete and result.get(METRIC) is not None)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Not OptunaSearch's own: it reports the objective (the running best) at Tune's iteration. Optuna's
@@ -72,13 +120,18 @@ class StoredOptunaSearch(OptunaSearch):
         if ot_trial is None or trial_id in self._completed_trials:
             return
         if not result.get("final") and result.get(INTERMEDIATE) is not None:
-            ot_trial.report(float(result[INTERMEDIATE]), int(result["epoch"]))
+            # The step: epochs trained so far (schedule_sh's rung runs in a row), the epoch otherwise.
+            ot_trial.report(float(result[INTERMEDIATE]), int(result.get(TRAINED_EPOCHS) or result["epoch"]))
         if result.get("final"):
             for key in ("test_acc", "best_epoch", "total_steps", "finished_at"):
                 ot_trial.set_user_attr(key, result.get(key))
             ot_trial.set_user_attr("info", nested(result, "info"))
             return
-        if result.get("epoch") == 1:
+        if result.get(RUNG_END):  # a compressed rung's end (schedule_sh): its epochs are stored already
+            rungs = ot_trial.user_attrs.get("rungs", [])
+            ot_trial.set_user_attr("rungs", [*rungs, {k: result.get(k) for k in (RUNG_ATTR, METRIC)}])
+            return
+        if result.get("epoch") == 1 and not result.get("rung"):  # rung > 0: a new run of schedule_sh
             if f"{EPOCH_ATTR_PREFIX}00001" in ot_trial.user_attrs:  # the trial was rerun after a failure
                 ot_trial.set_user_attr("restarts", ot_trial.user_attrs.get("restarts", 0) + 1)
             for key in ("node", "node_id", "device", "started_at", "total_steps"):
@@ -173,6 +226,7 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
     )
     # OptunaSearch has created the Optuna study by now (a space is given): name and describe it.
     describe_study(optuna.load_study(study_name=optuna_name, storage=storage), spec, study_id=study_id)
+    es = spec.early_stopping
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial, **spec.resources_per_trial}
     trainable = tune.with_resources(
         partial(
@@ -181,6 +235,7 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
             cpus_per_trial=spec.cpus_per_trial,
             gpus_per_trial=spec.gpus_per_trial,
             study={"study_id": study_id, "study_name": spec.name},
+            rungs=rung_budgets(es, spec.trainer.epochs) if es.kind == "schedule_sh" else None,
         ),
         resources,
     )
@@ -190,6 +245,7 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
             search_alg=searcher,
             num_samples=spec.n_trials,
             max_concurrent_trials=spec.max_concurrent_trials,
+            scheduler=scheduler(es, max_epochs=spec.trainer.epochs, metric=METRIC),
             reuse_actors=True,  # measured here: 0.4 s per trial instead of 2.0 s
         ),
         run_config=tune.RunConfig(

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from search_spaces import Param, arm_defaults, arm_name, method_space
+from service.early_stopping import EarlyStopping
 from trainers.config import TrainConfig
 from trainers.methods import method_class, method_names
 
@@ -93,6 +94,11 @@ class StudySpec(BaseModel):
     seed: int = Field(default=0, description="seed of the TPE sampler")
     n_startup_trials: int | None = Field(
         default=None, ge=1, description="random trials before TPE; default min(10, max(3, n_trials // 3))"
+    )
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping,
+        description='stop weak trials at rungs of epochs: {"kind": "none" | "asha" | "schedule_sh", '
+        '"grace_period": 1, "reduction_factor": 3}; the last rung is trainer.epochs',
     )
 
     @field_validator("methods", mode="before")
@@ -225,6 +231,9 @@ class TrialOut(BaseModel):
         "losses, paper 000 eq. 1), the pretrained-source cache, the test accuracy",
     )
     total_steps: int | None = None
+    reused_from: int | None = Field(
+        default=None, description="the trial whose result this one reuses (same config, not trained again)"
+    )
     datetime_start: datetime | None
     datetime_complete: datetime | None
 

@@ -254,6 +254,7 @@ def _trial_out(t: FrozenTrial) -> TrialOut:
         restarts=t.user_attrs.get("restarts", 0),
         info=t.user_attrs.get("info") or {},
         total_steps=t.user_attrs.get("total_steps"),
+        reused_from=t.user_attrs.get("reused_from"),
         datetime_start=t.datetime_start,
         datetime_complete=t.datetime_complete,
     )

@@ -13,6 +13,7 @@ EPOCH_REPORT = "epoch_report"
 # The study's own number of the trial (Optuna's), which the driver's searcher adds to each sampled config:
 # the trial's metrics and the driver's log name it. Not a parameter: `merge_config` drops it.
 TRIAL_NUMBER = "trial_number"
+REUSE = "reuse"  # service.reuse.REUSE: a reused result in the config (a plain copy: this module stays light)
 # What a run found, kept with the trial (see trainers.TrainResult.metrics).
 INFO_KEYS = ("xmixup_pairing", "linearity", "pretrain_cache", "init", "method_info", "data_sizes")
 
@@ -21,7 +22,7 @@ def merge_config(fixed: dict[str, Any], sampled: dict[str, Any], *, cpus_per_tri
     """The one merge of a trial: fixed spec fields, then sampled params on top (same names)."""
     from trainers import TrainConfig
 
-    merged = {**fixed, **{k: v for k, v in sampled.items() if k != TRIAL_NUMBER}}
+    merged = {**fixed, **{k: v for k, v in sampled.items() if k not in (TRIAL_NUMBER, REUSE)}}
     # Pin intra-op threads to the trial's CPU share: it keeps concurrent trials from fighting over cores,
     # and `transched train best.json` uses the same count, so it reproduces the result bit for bit.
     if merged.get("num_threads") is None:
@@ -88,14 +89,21 @@ def run_trial(
     cpus_per_trial: float,
     gpus_per_trial: float = 0.0,
     study: dict[str, str] | None = None,
+    rungs: list[int] | None = None,
 ) -> None:
-    """One trial. `study` ({"study_id", "study_name"}) tags its live metrics."""
+    """One trial. `study` ({"study_id", "study_name"}) tags its live metrics; `rungs`, the epochs of each
+    rung of schedule-aware successive halving (service/early_stopping.py), None: one full-length run."""
     import ray
     from ray import tune
 
+    from service.early_stopping import RUNG_ATTR, train_in_rungs
     from trainers import train
 
     config = merge_config(fixed, sampled, cpus_per_trial=cpus_per_trial)
+    if sampled.get(REUSE):  # identical to a finished trial (service/reuse.py): its result, not trained again
+        reused = sampled[REUSE]
+        tune.report({"final": True, "best_val_acc": reused["value"], RUNG_ATTR: config.epochs, **reused})
+        return
     where = {
         "node": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -108,10 +116,15 @@ def run_trial(
 
     def report(metrics: dict[str, Any]) -> None:
         live.epoch(metrics)
+        # ASHA may decide at any epoch but the full run's last: there the closing report (`final`) does.
+        rung = {RUNG_ATTR: metrics["epoch"]} if rungs is None and metrics["epoch"] < config.epochs else {}
         # Flat for Tune (the objective, its progress table), nested for the store (see EPOCH_REPORT).
-        tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where})
+        tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where, **rung})
 
-    result = train(config, report=report)
+    if rungs:
+        result = train_in_rungs(config, rungs, report=report, rung_report=lambda r: tune.report(r | where))
+    else:
+        result = train(config, report=report)
     summary = result.metrics()
     info = {k: summary.get(k) for k in INFO_KEYS if summary.get(k) is not None}
     # A last result after training: the test accuracy of the best-validation model, and the run's end.
@@ -127,5 +140,6 @@ def run_trial(
             "total_steps": result.total_steps,
             **where,
             "finished_at": time.time(),
+            RUNG_ATTR: config.epochs,
         }
     )
