@@ -57,6 +57,10 @@ class StoredOptunaSearch(OptunaSearch):
         self._reuse = ReuseIndex()  # no wasted trials: see service/reuse.py
         self._configs: dict[str, tuple[dict, int]] = {}  # Tune trial id -> (sampled config, number)
         self._parked: tuple[Any, dict] | None = None  # (Optuna trial, config) waiting for its twin to end
+        self._seen: dict[str, Any] = {}  # Tune trial id -> training_iteration of the last result stored
+
+    def _unseen(self, trial_id: str, result: dict) -> bool:
+        return "epoch" in result and self._seen.get(trial_id) != result.get("training_iteration")
 
     def suggest(self, trial_id: str) -> dict | None:
         if self._parked is not None:  # a config identical to a running trial's waits for its result
@@ -105,6 +109,9 @@ class StoredOptunaSearch(OptunaSearch):
         # A trial ended before its last result (study stopped, scheduler) has only a partial value:
         # it reaches Optuna as PRUNED, not COMPLETE, so TPE and /best only see fully trained trials.
         complete = result is not None and not error and bool(result.get("final"))
+        if result is not None and not complete and not error and self._unseen(trial_id, result):
+            # Tune hands the result a scheduler stopped the trial at to on_trial_complete only: store it
+            self.on_trial_result(trial_id, result)
         if not complete:
             result = None
         super().on_trial_complete(trial_id, result=result, error=error)
@@ -119,6 +126,7 @@ class StoredOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
             return
+        self._seen[trial_id] = result.get("training_iteration")
         if not result.get("final") and result.get(INTERMEDIATE) is not None:
             # The step: epochs trained so far (schedule_sh's rung runs in a row), the epoch otherwise.
             ot_trial.report(float(result[INTERMEDIATE]), int(result.get(TRAINED_EPOCHS) or result["epoch"]))

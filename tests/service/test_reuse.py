@@ -18,7 +18,7 @@ def _searcher(tmp_path, methods):
     storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
     arms = StudySpec.model_validate({"methods": methods}).resolved_methods()
     searcher = StoredOptunaSearch(
-        space=build_space(arms), metric="best_val_acc", mode="max", storage=storage, study_name="s"
+        space=build_space(arms), metric="best_val_acc", mode="max", storage=storage, study_name="s", seed=0
     )
     return searcher, storage
 
