@@ -60,7 +60,8 @@ class StoredOptunaSearch(OptunaSearch):
         self._seen: dict[str, Any] = {}  # Tune trial id -> training_iteration of the last result stored
 
     def _unseen(self, trial_id: str, result: dict) -> bool:
-        return "epoch" in result and self._seen.get(trial_id) != result.get("training_iteration")
+        known = "epoch" in result or bool(result.get("final"))
+        return known and self._seen.get(trial_id) != result.get("training_iteration")
 
     def suggest(self, trial_id: str) -> dict | None:
         if self._parked is not None:  # a config identical to a running trial's waits for its result
@@ -109,8 +110,9 @@ class StoredOptunaSearch(OptunaSearch):
         # A trial ended before its last result (study stopped, scheduler) has only a partial value:
         # it reaches Optuna as PRUNED, not COMPLETE, so TPE and /best only see fully trained trials.
         complete = result is not None and not error and bool(result.get("final"))
-        if result is not None and not complete and not error and self._unseen(trial_id, result):
-            # Tune hands the result a scheduler stopped the trial at to on_trial_complete only: store it
+        if result is not None and not error and self._unseen(trial_id, result):
+            # Tune hands the result a scheduler stopped the trial at (ASHA stops a trial at a rung, and at
+            # max_t on its final result) to on_trial_complete only: store it as any other result
             self.on_trial_result(trial_id, result)
         if not complete:
             result = None
