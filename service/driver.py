@@ -25,6 +25,7 @@ from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, engine_from, make_sessionmaker, optuna_storage_from
 from service.db_retry import DbRetry, in_session, is_transient, retrying_storage
+from service.early_stopping import RUNG_ATTR, RUNG_END, TRAINED_EPOCHS, rung_budgets, scheduler
 from service.ray_cluster import masked_url, resource_problem
 from service.repository import (
     EPOCH_ATTR_PREFIX,
@@ -34,6 +35,7 @@ from service.repository import (
     reap_running_trials,
     set_status,
 )
+from service.reuse import COPIED_ATTRS, REUSE, REUSED_FROM, ReuseIndex, reused_result
 from service.schemas import METRIC, StudySpec
 from service.settings import Settings
 from service.trainable import (
@@ -66,7 +68,7 @@ class StoredOptunaSearch(OptunaSearch):
 
     # Tune pickles its searcher (the Tuner's state, and `save` under the run's folder): without the
     # Optuna study, its trials and the storage, which hold the database URL and its password.
-    _UNPICKLED = ("_storage", "_ot_study", "_ot_trials")
+    _UNPICKLED = ("_storage", "_ot_study", "_ot_trials", "_parked")
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in self._UNPICKLED}
@@ -77,17 +79,64 @@ class StoredOptunaSearch(OptunaSearch):
         with open(checkpoint_path, "wb") as f:
             pickle.dump(self.__getstate__(), f)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reuse = ReuseIndex()  # no wasted trials: see service/reuse.py
+        self._configs: dict[str, tuple[dict, int]] = {}  # Tune trial id -> (sampled config, number)
+        self._parked: tuple[Any, dict] | None = None  # (Optuna trial, config) waiting for its twin to end
+        self._seen: dict[str, Any] = {}  # Tune trial id -> training_iteration of the last result stored
+
+    def _unseen(self, trial_id: str, result: dict) -> bool:
+        known = "epoch" in result or bool(result.get("final"))
+        return known and self._seen.get(trial_id) != result.get("training_iteration")
+
     def suggest(self, trial_id: str) -> dict | None:
+        if self._parked is not None:  # a config identical to a running trial's waits for its result
+            ot_trial, config = self._parked
+            if self._reuse.match(config)[0] == "running":
+                return None  # Tune asks again later
+            self._parked = None
+            self._ot_trials[trial_id] = ot_trial
+            return self._start(trial_id, ot_trial, config)
         config = super().suggest(trial_id)
-        if config is not None:
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_user_attr("sampled", config)
-            config = {**config, TRIAL_NUMBER: ot_trial.number}  # see service.tune_events
+        if config is None:
+            return None
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("sampled", config)
+        self._reuse.load(self._ot_study)
+        kind, twin = self._reuse.match(config)
+        if kind == "running":
+            del self._ot_trials[trial_id]
+            self._parked = (ot_trial, config)
+            logger.info("trial %d waits for running trial %d's result (same config)", ot_trial.number, twin)
+            return None
+        return self._start(trial_id, ot_trial, config)
+
+    def _start(self, trial_id: str, ot_trial: Any, config: dict) -> dict:
+        """The config Tune runs: the sampled one with the study's trial number (see service.tune_events)
+        and, for a config identical to a COMPLETE trial's, that trial's result to report (not trained)."""
+        kind, twin = self._reuse.match(config)
+        self._configs[trial_id] = (config, ot_trial.number)
+        if kind != "complete":
+            self._reuse.started(config, ot_trial.number)
+            run = {**config, TRIAL_NUMBER: ot_trial.number}  # see service.tune_events
             retry_of = ot_trial.user_attrs.get("retry_of")
             if retry_of is not None:  # a trial a dead driver left: resume from its epoch checkpoint
-                config[RESUME_FROM] = int(retry_of)
+                run[RESUME_FROM] = int(retry_of)
                 self._copy_epochs(int(retry_of), ot_trial)
-        return config
+            return run
+        storage, study_id = self._ot_study._storage, self._ot_study._study_id
+        original = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study_id, twin))
+        reused = reused_result(original)
+        for key, value in original.user_attrs.items():
+            if key.startswith(EPOCH_ATTR_PREFIX) or key in COPIED_ATTRS:
+                ot_trial.set_user_attr(key, value)
+        ot_trial.set_user_attr(REUSED_FROM, twin)
+        logger.info(
+            "trial %d reuses the result of trial %d (identical config, not trained again): %s=%s",
+            ot_trial.number, twin, METRIC, reused["value"],
+        )  # fmt: skip
+        return {**config, TRIAL_NUMBER: ot_trial.number, REUSE: reused}
 
     def _copy_epochs(self, number: int, ot_trial: Any) -> None:
         """The epochs an earlier trial stored, kept by the trial that retries it from its checkpoint
@@ -100,14 +149,20 @@ class StoredOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         # A trial ended before its last result (study stopped, scheduler) has only a partial value:
         # it reaches Optuna as PRUNED, not COMPLETE, so TPE and /best only see fully trained trials.
-        if trial_id in self._completed_trials:  # told already (a failure, on its last result)
-            return
-        if result is not None and result.get(ERROR):
-            self._fail(trial_id, result)
-            return
-        if result is not None and not error and not result.get("final"):
-            result = None
-        super().on_trial_complete(trial_id, result=result, error=error)
+        failed = result is not None and bool(result.get(ERROR))
+        complete = result is not None and not error and not failed and bool(result.get("final"))
+        if trial_id not in self._completed_trials:  # else told already (a failure, on its last result)
+            if failed:
+                self._fail(trial_id, result)
+            else:
+                if result is not None and not error and self._unseen(trial_id, result):
+                    # Tune hands the result a scheduler stopped the trial at (ASHA stops a trial at a rung,
+                    # and at max_t on its final result) to on_trial_complete only: store it as any other
+                    self.on_trial_result(trial_id, result)
+                super().on_trial_complete(trial_id, result=result if complete else None, error=error)
+        if trial_id in self._configs:  # the reuse index learns how the config ended, whatever the path
+            config, number = self._configs.pop(trial_id)
+            self._reuse.finished(config, number, complete=complete and result.get(METRIC) is not None)
 
     def _fail(self, trial_id: str, result: dict) -> None:
         """A trial that failed for good (diverged, or an error a retry cannot fix) says why in its last
@@ -124,8 +179,10 @@ class StoredOptunaSearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
             return
+        self._seen[trial_id] = result.get("training_iteration")
         if not result.get("final") and result.get(INTERMEDIATE) is not None:
-            ot_trial.report(float(result[INTERMEDIATE]), int(result["epoch"]))
+            # The step: epochs trained so far (schedule_sh's rung runs in a row), the epoch otherwise.
+            ot_trial.report(float(result[INTERMEDIATE]), int(result.get(TRAINED_EPOCHS) or result["epoch"]))
         if result.get(ERROR):
             self._fail(trial_id, result)
             return
@@ -134,7 +191,12 @@ class StoredOptunaSearch(OptunaSearch):
                 ot_trial.set_user_attr(key, result.get(key))
             ot_trial.set_user_attr("info", nested(result, "info"))
             return
-        # The first epoch of an attempt (the epoch after its checkpoint's when it resumed from one).
+        if result.get(RUNG_END):  # a compressed rung's end (schedule_sh): its epochs are stored already
+            rungs = ot_trial.user_attrs.get("rungs", [])
+            ot_trial.set_user_attr("rungs", [*rungs, {k: result.get(k) for k in (RUNG_ATTR, METRIC)}])
+            return
+        # The first epoch of an attempt (the epoch after its checkpoint's when it resumed from one; the
+        # first of a trial's rung runs under schedule_sh).
         if result.get(FIRST_REPORT, result.get("epoch") == 1):
             if "started_at" in ot_trial.user_attrs:  # the trial was rerun after its worker died
                 ot_trial.set_user_attr("restarts", ot_trial.user_attrs.get("restarts", 0) + 1)
@@ -283,6 +345,7 @@ def build_tuner(
     # OptunaSearch has created the Optuna study by now (a space is given): name and describe it.
     describe_study(optuna.load_study(study_name=optuna_name, storage=storage), spec, study_id=study_id)
     fail_fast = fail_fast or EndOnDeterministicFailures(fail_fast_after(spec))
+    es = spec.early_stopping
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial, **spec.resources_per_trial}
     trainable = tune.with_resources(
         partial(
@@ -292,6 +355,7 @@ def build_tuner(
             gpus_per_trial=spec.gpus_per_trial,
             study={"study_id": study_id, "study_name": spec.name},
             checkpoint_dir=str(checkpoint_dir(settings, optuna_name)),
+            rungs=rung_budgets(es, spec.trainer.epochs) if es.kind == "schedule_sh" else None,
         ),
         resources,
     )
@@ -301,6 +365,7 @@ def build_tuner(
             search_alg=searcher,
             num_samples=spec.n_trials,
             max_concurrent_trials=spec.max_concurrent_trials,
+            scheduler=scheduler(es, max_epochs=spec.trainer.epochs, metric=METRIC),
             reuse_actors=True,  # measured here: 0.4 s per trial instead of 2.0 s
         ),
         run_config=tune.RunConfig(

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from search_spaces import Param, arm_defaults, arm_name, method_space
+from service.early_stopping import EarlyStopping
 from trainers.config import PATH_FIELDS, TrainConfig, field_bounds, within
 from trainers.methods import method_class, method_names
 
@@ -136,6 +137,11 @@ class StudySpec(BaseModel):
         ge=1,
         le=100_000,
         description="random trials before TPE; default min(10, max(3, n_trials // 3))",
+    )
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping,
+        description='stop weak trials at rungs of epochs: {"kind": "none" | "asha" | "schedule_sh", '
+        '"grace_period": 1, "reduction_factor": 3}; the last rung is trainer.epochs',
     )
 
     @model_validator(mode="before")
@@ -298,6 +304,9 @@ class TrialOut(BaseModel):
         "losses, paper 000 eq. 1), the pretrained-source cache, the test accuracy",
     )
     total_steps: int | None = None
+    reused_from: int | None = Field(
+        default=None, description="the trial whose result this one reuses (same config, not trained again)"
+    )
     datetime_start: OptunaTime | None
     datetime_complete: OptunaTime | None
 

@@ -314,6 +314,7 @@ def _trial_out(t: FrozenTrial) -> TrialOut:
         error=t.user_attrs.get("error"),
         info=t.user_attrs.get("info") or {},
         total_steps=t.user_attrs.get("total_steps"),
+        reused_from=t.user_attrs.get("reused_from"),
         datetime_start=t.datetime_start,
         datetime_complete=t.datetime_complete,
     )

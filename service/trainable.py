@@ -39,6 +39,7 @@ DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (
 ERROR_LIMIT = 500  # characters of a stored error message
 # True in the first epoch result of each attempt: the driver records where the attempt runs from it.
 FIRST_REPORT = "first_report"
+REUSE = "reuse"  # service.reuse.REUSE: a reused result in the config (a plain copy: this module stays light)
 # What a run found, kept with the trial (see trainers.TrainResult.metrics).
 INFO_KEYS = ("xmixup_pairing", "linearity", "pretrain_cache", "init", "method_info", "data_sizes")
 
@@ -47,7 +48,7 @@ def merge_config(fixed: dict[str, Any], sampled: dict[str, Any], *, cpus_per_tri
     """The one merge of a trial: fixed spec fields, then sampled params on top (same names)."""
     from trainers import TrainConfig
 
-    merged = {**fixed, **{k: v for k, v in sampled.items() if k not in (TRIAL_NUMBER, RESUME_FROM)}}
+    merged = {**fixed, **{k: v for k, v in sampled.items() if k not in (TRIAL_NUMBER, RESUME_FROM, REUSE)}}
     # Pin intra-op threads to the trial's CPU share: it keeps concurrent trials from fighting over cores,
     # and `transched train best.json` uses the same count, so it reproduces the result bit for bit.
     if merged.get("num_threads") is None:
@@ -138,14 +139,23 @@ def run_trial(
     gpus_per_trial: float = 0.0,
     study: dict[str, str] | None = None,
     checkpoint_dir: str | None = None,
+    rungs: list[int] | None = None,
 ) -> None:
     """One trial. `study` ({"study_id", "study_name"}) tags its live metrics; `checkpoint_dir` (the
-    study's folder of epoch checkpoints, on storage every node can read) makes it resumable."""
+    study's folder of epoch checkpoints, on storage every node can read) makes it resumable; `rungs`, the
+    epochs of each rung of schedule-aware successive halving (service/early_stopping.py), None: one
+    full-length run (a run in rungs is not resumed from a checkpoint: each rung trains anew)."""
     import ray
     from ray import tune
 
+    from service.early_stopping import RUNG_ATTR, train_in_rungs
     from trainers import train
 
+    if sampled.get(REUSE):  # identical to a finished trial (service/reuse.py): its result, not trained again
+        reused = sampled[REUSE]
+        epochs = int(fixed.get("epochs") or 0)
+        tune.report({"final": True, "best_val_acc": reused["value"], RUNG_ATTR: epochs, **reused})
+        return
     where = {
         "node": socket.gethostname(),
         "node_id": ray.get_runtime_context().get_node_id(),
@@ -158,16 +168,22 @@ def run_trial(
     def report(metrics: dict[str, Any]) -> None:
         nonlocal first
         live.epoch(metrics)
+        # ASHA may decide at any epoch but the full run's last: there the closing report (`final`) does.
+        rung = {RUNG_ATTR: metrics["epoch"]} if rungs is None and metrics["epoch"] < config.epochs else {}
         # Flat for Tune (the objective, its progress table), nested for the store (see EPOCH_REPORT).
         # `first_report` marks this attempt's first epoch (the epoch after its checkpoint's, if resumed).
-        tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where, FIRST_REPORT: first})
+        tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where, FIRST_REPORT: first, **rung})
         first = False
 
     try:
         config = merge_config(fixed, sampled, cpus_per_trial=cpus_per_trial)
         tags = {**(study or {}), "trial": str(sampled.get(TRIAL_NUMBER, "")), "method": config.method}
         live = TrialMetrics({k: tags.get(k, "") for k in TrialMetrics.TAGS}, config.batch_size)
-        result = train(config, report=report, checkpoint=path)
+        if rungs:
+            rung_end = lambda r: tune.report(r | where)  # noqa: E731
+            result = train_in_rungs(config, rungs, report=report, rung_report=rung_end)
+        else:
+            result = train(config, report=report, checkpoint=path)
     except DETERMINISTIC_ERRORS as exc:
         logger.error("trial %s failed, not retried: %s", sampled.get(TRIAL_NUMBER), exc, exc_info=True)
         _report_failure(where, short_error(exc), DETERMINISTIC)
@@ -177,7 +193,7 @@ def run_trial(
     if result.diverged:
         _report_failure(where, f"diverged at epoch {result.epochs_run}", DIVERGED, epoch=result.epochs_run)
         return
-    _report_final(result, where)
+    _report_final(result, where, epochs=config.epochs)
 
 
 def _remove(path: Path | None) -> None:
@@ -195,9 +211,11 @@ def _report_failure(where: dict[str, Any], message: str, kind: str, epoch: int =
     tune.report({METRIC: None, "epoch": epoch, "final": True, ERROR: message, ERROR_KIND: kind, **where})
 
 
-def _report_final(result: Any, where: dict[str, Any]) -> None:
+def _report_final(result: Any, where: dict[str, Any], *, epochs: int) -> None:
     """A last result after training: the test accuracy of the best-validation model, and the run's end."""
     from ray import tune
+
+    from service.early_stopping import RUNG_ATTR
 
     summary = result.metrics()
     info = {k: summary.get(k) for k in INFO_KEYS if summary.get(k) is not None}
@@ -213,5 +231,6 @@ def _report_final(result: Any, where: dict[str, Any]) -> None:
             "total_steps": result.total_steps,
             **where,
             "finished_at": time.time(),
+            RUNG_ATTR: epochs,
         }
     )

@@ -79,6 +79,13 @@ class TrialEventLog(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("final"):  # the closing report repeats the last epoch; on_trial_complete says it
             return
+        if result.get("rung_end"):  # schedule_sh: a compressed run of the trial's schedule ended (a rung)
+            logger.info(
+                "%s trial %s rung %s (%s-epoch run of its schedule) done: %s=%s",
+                self._prefix, self._number(trial), result.get("rung"), result.get("budget_epochs"),
+                self._metric, _fmt(result.get(self._metric)),
+            )  # fmt: skip
+            return
         logger.info(
             "%s trial %s epoch %s/%s: val_acc=%s lambda=%s %s=%s",
             self._prefix,
