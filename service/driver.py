@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, engine_from, make_sessionmaker, optuna_storage_from
-from service.db_retry import DbRetry, in_session, is_transient, retrying_storage
+from service.db_retry import DbRetry, in_session, retrying_storage
 from service.ray_cluster import resource_problem
 from service.repository import (
     EPOCH_ATTR_PREFIX,
@@ -140,16 +140,11 @@ class StopWhenAsked(Stopper):
             self._last = now
             if self._sessions is None:
                 self._sessions = make_sessionmaker(engine_from(self._settings, pool_size=1, max_overflow=0))
-            try:
-                with self._sessions() as s:
-                    heartbeat(s, study_id=self._study_id)
-                    self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
-            except Exception as exc:
-                # Best effort: the database is out for now (the searcher's writes wait for it); a missed
-                # heartbeat or stop check is made up on the next result.
-                if not is_transient(exc):
-                    raise
-                logger.debug("heartbeat skipped: the database is unavailable", exc_info=True)
+            # Waits out a database outage as the searcher's writes do (see service.db_retry).
+            db = DbRetry(self._settings.db_retry_s)
+            with self._sessions() as s:
+                in_session(s, db, heartbeat, study_id=self._study_id)
+                self._stop = in_session(s, db, get_status, study_id=self._study_id) == StudyStatus.stopping
         return self._stop
 
 

@@ -28,7 +28,16 @@ from sqlalchemy import exc as sa_exc
 from service import deps
 from service.api import create_app
 from service.db import make_engine
-from service.db_retry import DbRetry, RetryingStorage, in_session, is_transient, retrying_storage, short
+from service.db_retry import (
+    OUTAGE,
+    DbRetry,
+    Outage,
+    RetryingStorage,
+    in_session,
+    is_transient,
+    retrying_storage,
+    short,
+)
 from service.settings import Settings
 from tests.conftest import PG_ADMIN_URL, free_port, fresh_database
 from tests.service.conftest import SPEC, FakeCluster
@@ -120,7 +129,7 @@ def test_an_exhausted_pool_is_transient(db):
 
 
 def test_a_write_waits_out_a_held_lock_and_the_outage_is_logged_once(db, caplog):
-    storage = RetryingStorage(_storage(db), DbRetry(30, max_wait_s=0.3, settle_s=1.0))
+    storage = RetryingStorage(_storage(db), DbRetry(30, max_wait_s=0.3, outage=Outage(settle_s=1.0)))
     study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
     caplog.set_level(logging.DEBUG, logger="transched.db")
     start = time.monotonic()
@@ -230,7 +239,7 @@ def test_a_lost_state_change_counts_as_done(db, ask_from):
 def test_the_proxy_pickles_as_tune_saves_its_searcher(db):
     storage = retrying_storage(_storage(db), DbRetry(42))
     again = pickle.loads(pickle.dumps(storage))
-    assert (again.retry.budget_s, again.retry.settle_s) == (42, 10.0)
+    assert (again.retry.budget_s, again.retry.outage) == (42, OUTAGE)
     again.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "after-pickle")
     assert again.get_study_id_from_name("after-pickle") == storage.get_study_id_from_name("after-pickle")
 
