@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, engine_from, make_sessionmaker, optuna_storage_from
-from service.db_retry import DbRetry, in_session, retrying_storage
+from service.db_retry import DbRetry, in_session, is_transient, retrying_storage, short
 from service.ray_cluster import resource_problem
 from service.repository import (
     EPOCH_ATTR_PREFIX,
@@ -254,6 +254,8 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         return final
     except BaseException as exc:
         final, message = StudyStatus.failed, f"{type(exc).__name__}: {exc}"
+        if is_transient(exc):  # Optuna's own message would blame "invalid data in the commit"
+            message = f"the database was unavailable for over {settings.db_retry_s:.0f}s: {short(exc)}"
         raise
     finally:
         # Reap before the final status is written: whoever sees the study ended sees no RUNNING trial.
