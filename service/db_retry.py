@@ -10,7 +10,6 @@ setting TRANSCHED_DB_RETRY_S) has passed. The API does not wait: it answers 503 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import sqlite3
@@ -271,16 +270,12 @@ def retrying_storage(storage: BaseStorage, retry: DbRetry) -> RetryingStorage:
     return RetryingStorage(get_storage(storage), retry)
 
 
-def in_session(session: Any, retry: DbRetry, fn: Callable[..., T], /, **kwargs: Any) -> T:
-    """`fn(session, **kwargs)`, retried across an outage; a failed attempt is rolled back first, so the
-    next one starts a new transaction on a fresh connection (a dead one is invalidated by then)."""
+def with_session(sessions: Callable[[], Any], retry: DbRetry, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """`fn(session, **kwargs)` in a new session, the whole of it retried across an outage: a session whose
+    connection died is not reused, and closing it (a ROLLBACK after a read) is inside the retry too."""
 
     def once() -> T:
-        try:
+        with sessions() as session:
             return fn(session, **kwargs)
-        except Exception:
-            with contextlib.suppress(Exception):  # the connection may be gone: the rollback only resets
-                session.rollback()
-            raise
 
     return retry.call(once, what=getattr(fn, "__name__", "?"))

@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, engine_from, make_sessionmaker, optuna_storage_from
-from service.db_retry import DbRetry, in_session, is_transient, retrying_storage, short
+from service.db_retry import DbRetry, is_transient, retrying_storage, short, with_session
 from service.ray_cluster import resource_problem
 from service.repository import (
     EPOCH_ATTR_PREFIX,
@@ -142,9 +142,9 @@ class StopWhenAsked(Stopper):
                 self._sessions = make_sessionmaker(engine_from(self._settings, pool_size=1, max_overflow=0))
             # Waits out a database outage as the searcher's writes do (see service.db_retry).
             db = DbRetry(self._settings.db_retry_s)
-            with self._sessions() as s:
-                in_session(s, db, heartbeat, study_id=self._study_id)
-                self._stop = in_session(s, db, get_status, study_id=self._study_id) == StudyStatus.stopping
+            with_session(self._sessions, db, heartbeat, study_id=self._study_id)
+            status = with_session(self._sessions, db, get_status, study_id=self._study_id)
+            self._stop = status == StudyStatus.stopping
         return self._stop
 
 
@@ -215,16 +215,15 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
     sessions = make_sessionmaker(engine)
     # Every database call of the driver waits out an outage (see service.db_retry), the searcher's too.
     db = DbRetry(settings.db_retry_s)
-    with sessions() as s:
-        row = in_session(s, db, get_study, study_id=study_id)
-        if row is None:
-            raise SystemExit(f"no study {study_id} in {settings.resolved_database_url}")
-        spec = StudySpec.model_validate(row.spec)
-        optuna_name = row.optuna_study_name
-        pending, running = (StudyStatus.pending,), StudyStatus.running
-        if not in_session(s, db, set_status, study_id=study_id, status=running, only_from=pending):
-            logger.warning("study %s is %s, not pending: nothing to run", study_id, row.status)
-            return StudyStatus(row.status)
+    row = with_session(sessions, db, get_study, study_id=study_id)
+    if row is None:
+        raise SystemExit(f"no study {study_id} in {settings.resolved_database_url}")
+    spec = StudySpec.model_validate(row.spec)
+    optuna_name = row.optuna_study_name
+    pending, running = (StudyStatus.pending,), StudyStatus.running
+    if not with_session(sessions, db, set_status, study_id=study_id, status=running, only_from=pending):
+        logger.warning("study %s is %s, not pending: nothing to run", study_id, row.status)
+        return StudyStatus(row.status)
 
     storage = retrying_storage(db.call(optuna_storage_from, settings, pool_size=2, max_overflow=2), db)
     final, message = StudyStatus.failed, "the driver ended unexpectedly"
@@ -240,13 +239,12 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         )
         results = tuner.fit()
         errors = [r.error for r in results if r.error is not None]
-        with sessions() as s:
-            if in_session(s, db, get_status, study_id=study_id) == StudyStatus.stopping:
-                final = StudyStatus.stopped
-            elif errors and len(errors) == len(results):
-                final = StudyStatus.failed
-            else:
-                final = StudyStatus.completed
+        if with_session(sessions, db, get_status, study_id=study_id) == StudyStatus.stopping:
+            final = StudyStatus.stopped
+        elif errors and len(errors) == len(results):
+            final = StudyStatus.failed
+        else:
+            final = StudyStatus.completed
         message = (
             f"{len(errors)} of {len(results)} trials failed: {error_summary(errors[0])}" if errors else None
         )
@@ -262,8 +260,7 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         n = reap_running_trials(storage, name=optuna_name)
         if n:
             logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
-        with sessions() as s:
-            in_session(s, db, set_status, study_id=study_id, status=final, error=message)
+        with_session(sessions, db, set_status, study_id=study_id, status=final, error=message)
         engine.dispose()
 
 

@@ -27,16 +27,16 @@ from sqlalchemy import exc as sa_exc
 
 from service import deps
 from service.api import create_app
-from service.db import make_engine
+from service.db import make_engine, make_sessionmaker
 from service.db_retry import (
     OUTAGE,
     DbRetry,
     Outage,
     RetryingStorage,
-    in_session,
     is_transient,
     retrying_storage,
     short,
+    with_session,
 )
 from service.settings import Settings
 from tests.conftest import PG_ADMIN_URL, free_port, fresh_database
@@ -167,20 +167,23 @@ def test_a_wrong_write_is_not_retried(db):
     assert calls == [1]
 
 
-def test_a_session_write_is_retried_in_a_new_transaction(db):
+def test_a_session_write_is_retried_in_a_new_session(db):
     engine = make_engine(f"sqlite:///{db}", busy_timeout_ms=100)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (x INTEGER)"))
-    from service.db import make_sessionmaker
+    seen = []
 
     def insert(session, *, x):
+        seen.append(session)
         session.execute(text("INSERT INTO t VALUES (:x)"), {"x": x})
         session.commit()
+        return x
 
-    with make_sessionmaker(engine)() as session, write_lock(db, for_s=1.0):
-        in_session(session, DbRetry(30, max_wait_s=0.2), insert, x=7)
+    with write_lock(db, for_s=1.0):
+        assert with_session(make_sessionmaker(engine), DbRetry(30, max_wait_s=0.2), insert, x=7) == 7
     with engine.connect() as conn:
         assert conn.execute(text("SELECT x FROM t")).scalars().all() == [7]
+    assert len(seen) >= 2 and len(set(map(id, seen))) == len(seen)  # each attempt in a session of its own
     engine.dispose()
 
 
