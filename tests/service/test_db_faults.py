@@ -140,7 +140,7 @@ def _check_survived(server: dict, study: dict, watch: ApiWatch) -> None:
         "running": 0,
         "missing_epochs": 0,
     }
-    assert set(watch.codes) <= {200, 503} and watch.codes[200] > 0, watch.codes
+    assert set(watch.codes) <= {200, 503}, watch.codes
     assert watch.retry_after <= {"5"}, watch.retry_after
     # The driver waited the outage out: it said so once when it began and once when it ended.
     logs = httpx.get(f"{server['api']}/studies/{study['id']}/logs", timeout=60).text
@@ -171,6 +171,7 @@ def test_a_sqlite_write_lock_held_over_a_minute_mid_study_loses_nothing(tmp_path
         watch.stop()
         study = _wait_for_end(server["api"], study["id"])
         _check_survived(server, study, watch)
+        assert watch.codes[200] > 0, watch.codes  # WAL: reads go on while another process holds the lock
         names = [s["name"] for s in httpx.get(f"{server['api']}/studies", timeout=60).json()["items"]]
         assert names == ["dbfault"]  # the refused POST stored nothing
     finally:

@@ -275,9 +275,9 @@ def test_the_api_answers_503_while_postgresql_is_unreachable(tmp_path):
 
 
 class _Bare:
-    def __init__(self, engine):
-        from service.db import make_sessionmaker
+    """The app state a handler reads (its sessions and cluster), without the lifespan."""
 
+    def __init__(self, engine):
         self.sessions, self.cluster = make_sessionmaker(engine), None
 
 
