@@ -10,7 +10,6 @@ setting TRANSCHED_DB_RETRY_S) has passed. The API does not wait: it answers 503 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import sqlite3
@@ -80,23 +79,62 @@ def short(exc: BaseException) -> str:
     return f"{type(deepest).__name__}: {text[0][:200] if text else ''}"
 
 
-class DbRetry:
-    """Retries a database call across an outage: exponential backoff with jitter (0.5 s doubling, at most
-    `max_wait_s` apart) until it succeeds or `budget_s` has passed, then the last error is raised.
+class Outage:
+    """The outage log of a process: a WARNING when the database first fails, one when it is back, however
+    many calls, attempts and retrying objects (the searcher's storage, the driver's own writes) it spans.
+    It is over when calls have succeeded for `settle_s` with no failure between: connections killed in a
+    loop fail and succeed by turns, and that is one outage, not one per kill."""
 
-    An outage is logged once at WARNING when it begins and once when it is over, however many calls and
-    attempts it spans. It is over when calls have succeeded for `settle_s` with no failure between:
-    connections killed in a loop fail and succeed by turns, and that is one outage, not one per kill."""
-
-    def __init__(self, budget_s: float, *, max_wait_s: float = 10.0, settle_s: float = 10.0):
-        self.budget_s, self.max_wait_s, self.settle_s = budget_s, max_wait_s, settle_s
+    def __init__(self, settle_s: float = 10.0):
+        self.settle_s = settle_s
         self._lock = threading.Lock()
-        self._outage_since: float | None = None  # when the first failed call of the outage began
+        self._since: float | None = None  # when the first failed call of the outage began
         self._last_failure = 0.0
         self._failures = 0
 
+    def failed(self, what: str, state: tenacity.RetryCallState, budget_s: float) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        with self._lock:
+            first = self._since is None
+            if first:  # tenacity's start_time is time.monotonic() when the failing call began
+                self._since, self._failures = state.start_time, 0
+            self._last_failure, self._failures = time.monotonic(), self._failures + 1
+        if first:
+            logger.warning(
+                "database unavailable (%s, in %s): retrying for up to %.0fs", short(exc), what, budget_s
+            )
+        else:
+            logger.debug("database still unavailable (attempt %d, %s)", state.attempt_number, what)
+
+    def succeeded(self) -> None:
+        if self._since is None:
+            return
+        with self._lock:
+            since, last, failures = self._since, self._last_failure, self._failures
+            if since is None or time.monotonic() - last < self.settle_s:
+                return
+            self._since = None
+        logger.warning(
+            "database available again: it was unavailable for %.1fs (%d failed attempts)",
+            last - since,
+            failures,
+        )
+
+
+OUTAGE = Outage()  # this process's
+
+
+class DbRetry:
+    """Retries a database call across an outage: exponential backoff with jitter (0.5 s doubling, at most
+    `max_wait_s` apart) until it succeeds or `budget_s` has passed, then the last error is raised. The
+    outage is logged by `outage` (default: this process's), not once per attempt."""
+
+    def __init__(self, budget_s: float, *, max_wait_s: float = 10.0, outage: Outage | None = None):
+        self.budget_s, self.max_wait_s = budget_s, max_wait_s
+        self.outage = outage or OUTAGE
+
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles the searcher, and with it its storage
-        return {"budget_s": self.budget_s, "max_wait_s": self.max_wait_s, "settle_s": self.settle_s}
+        return {"budget_s": self.budget_s, "max_wait_s": self.max_wait_s}  # unpickled: that process's log
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
@@ -106,39 +144,14 @@ class DbRetry:
             retry=tenacity.retry_if_exception(is_transient),
             wait=tenacity.wait_exponential_jitter(initial=0.5, max=self.max_wait_s),
             stop=tenacity.stop_after_delay(self.budget_s),
-            before_sleep=lambda state: self._failed(what or getattr(fn, "__name__", "?"), state),
+            before_sleep=lambda state: self.outage.failed(
+                what or getattr(fn, "__name__", "?"), state, self.budget_s
+            ),
             reraise=True,
         )
         result = retrying(fn, *args, **kwargs)
-        if self._outage_since is not None:
-            self._succeeded()
+        self.outage.succeeded()
         return result
-
-    def _failed(self, what: str, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        with self._lock:
-            first = self._outage_since is None
-            if first:  # tenacity's start_time is time.monotonic() when the failing call began
-                self._outage_since, self._failures = state.start_time, 0
-            self._last_failure, self._failures = time.monotonic(), self._failures + 1
-        if first:
-            logger.warning(
-                "database unavailable (%s, in %s): retrying for up to %.0fs", short(exc), what, self.budget_s
-            )
-        else:
-            logger.debug("database still unavailable (attempt %d, %s)", state.attempt_number, what)
-
-    def _succeeded(self) -> None:
-        with self._lock:
-            since, last, failures = self._outage_since, self._last_failure, self._failures
-            if since is None or time.monotonic() - last < self.settle_s:
-                return
-            self._outage_since = None
-        logger.warning(
-            "database available again: it was unavailable for %.1fs (%d failed attempts)",
-            last - since,
-            failures,
-        )
 
 
 def _delegate(name: str) -> Callable[..., Any]:
@@ -257,16 +270,12 @@ def retrying_storage(storage: BaseStorage, retry: DbRetry) -> RetryingStorage:
     return RetryingStorage(get_storage(storage), retry)
 
 
-def in_session(session: Any, retry: DbRetry, fn: Callable[..., T], /, **kwargs: Any) -> T:
-    """`fn(session, **kwargs)`, retried across an outage; a failed attempt is rolled back first, so the
-    next one starts a new transaction on a fresh connection (a dead one is invalidated by then)."""
+def with_session(sessions: Callable[[], Any], retry: DbRetry, fn: Callable[..., T], /, **kwargs: Any) -> T:
+    """`fn(session, **kwargs)` in a new session, the whole of it retried across an outage: a session whose
+    connection died is not reused, and closing it (a ROLLBACK after a read) is inside the retry too."""
 
     def once() -> T:
-        try:
+        with sessions() as session:
             return fn(session, **kwargs)
-        except Exception:
-            with contextlib.suppress(Exception):  # the connection may be gone: the rollback only resets
-                session.rollback()
-            raise
 
     return retry.call(once, what=getattr(fn, "__name__", "?"))

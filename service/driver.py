@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from service.db import StudyStatus, engine_from, make_sessionmaker, optuna_storage_from
-from service.db_retry import DbRetry, in_session, is_transient, retrying_storage
+from service.db_retry import DbRetry, is_transient, retrying_storage, short, with_session
 from service.early_stopping import RUNG_ATTR, RUNG_END, TRAINED_EPOCHS, rung_budgets, scheduler
 from service.ray_cluster import masked_url, resource_problem
 from service.repository import (
@@ -245,10 +245,11 @@ class StopWhenAsked(Stopper):
     def __init__(self, settings: Settings, study_id: str, every_s: float = 2.0):
         self._settings, self._study_id, self._every_s = settings, study_id, every_s
         self._sessions: Any = None
+        self._db: DbRetry | None = None
         self._last, self._stop = 0.0, False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_sessions": None, "_settings": None}
+        return {**self.__dict__, "_sessions": None, "_settings": None, "_db": None}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         return self.stop_all()
@@ -260,16 +261,11 @@ class StopWhenAsked(Stopper):
             if self._sessions is None:
                 settings = self._settings or Settings()
                 self._sessions = make_sessionmaker(engine_from(settings, pool_size=1, max_overflow=0))
-            try:
-                with self._sessions() as s:
-                    heartbeat(s, study_id=self._study_id)
-                    self._stop = get_status(s, study_id=self._study_id) == StudyStatus.stopping
-            except Exception as exc:
-                # Best effort: the database is out for now (the searcher's writes wait for it); a missed
-                # heartbeat or stop check is made up on the next result.
-                if not is_transient(exc):
-                    raise
-                logger.debug("heartbeat skipped: the database is unavailable", exc_info=True)
+                self._db = DbRetry(settings.db_retry_s)
+            # Waits out a database outage as the searcher's writes do (see service.db_retry).
+            with_session(self._sessions, self._db, heartbeat, study_id=self._study_id)
+            status = with_session(self._sessions, self._db, get_status, study_id=self._study_id)
+            self._stop = status == StudyStatus.stopping
         return self._stop
 
 
@@ -388,16 +384,15 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
     sessions = make_sessionmaker(engine)
     # Every database call of the driver waits out an outage (see service.db_retry), the searcher's too.
     db = DbRetry(settings.db_retry_s)
-    with sessions() as s:
-        row = in_session(s, db, get_study, study_id=study_id)
-        if row is None:
-            raise SystemExit(f"no study {study_id} in {masked_url(settings.resolved_database_url)}")
-        spec = StudySpec.model_validate(row.spec)
-        optuna_name = row.optuna_study_name
-        pending, running = (StudyStatus.pending,), StudyStatus.running
-        if not in_session(s, db, set_status, study_id=study_id, status=running, only_from=pending):
-            logger.warning("study %s is %s, not pending: nothing to run", study_id, row.status)
-            return StudyStatus(row.status)
+    row = with_session(sessions, db, get_study, study_id=study_id)
+    if row is None:
+        raise SystemExit(f"no study {study_id} in {masked_url(settings.resolved_database_url)}")
+    spec = StudySpec.model_validate(row.spec)
+    optuna_name = row.optuna_study_name
+    pending, running = (StudyStatus.pending,), StudyStatus.running
+    if not with_session(sessions, db, set_status, study_id=study_id, status=running, only_from=pending):
+        logger.warning("study %s is %s, not pending: nothing to run", study_id, row.status)
+        return StudyStatus(row.status)
 
     storage = retrying_storage(db.call(optuna_storage_from, settings, pool_size=2, max_overflow=2), db)
     final, message = StudyStatus.failed, "the driver ended unexpectedly"
@@ -428,14 +423,15 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         return final
     except BaseException as exc:
         final, message = StudyStatus.failed, f"{type(exc).__name__}: {exc}"
+        if is_transient(exc):  # Optuna's own message would blame "invalid data in the commit"
+            message = f"the database was unavailable for over {settings.db_retry_s:.0f}s: {short(exc)}"
         raise
     finally:
         # Reap before the final status is written: whoever sees the study ended sees no RUNNING trial.
         n = reap_running_trials(storage, name=optuna_name)
         if n:
             logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
-        with sessions() as s:
-            in_session(s, db, set_status, study_id=study_id, status=final, error=message)
+        with_session(sessions, db, set_status, study_id=study_id, status=final, error=message)
         engine.dispose()
 
 
@@ -455,9 +451,8 @@ def _outcome(sessions: Any, db: DbRetry, study_id: str, results: Any, fail_fast:
     """The study's final status and error message once Tune's run has ended."""
     errors = trial_errors(results)
     message = f"{len(errors)} of {len(results)} trials failed: {errors[0]}" if errors else None
-    with sessions() as s:
-        if in_session(s, db, get_status, study_id=study_id) == StudyStatus.stopping:
-            return StudyStatus.stopped, message
+    if with_session(sessions, db, get_status, study_id=study_id) == StudyStatus.stopping:
+        return StudyStatus.stopped, message
     if fail_fast.tripped is not None:
         return StudyStatus.failed, (
             f"the first {fail_fast.first} trials failed with an error a retry cannot fix: {fail_fast.tripped}"

@@ -140,7 +140,7 @@ def _check_survived(server: dict, study: dict, watch: ApiWatch) -> None:
         "running": 0,
         "missing_epochs": 0,
     }
-    assert set(watch.codes) <= {200, 503} and watch.codes[200] > 0, watch.codes
+    assert set(watch.codes) <= {200, 503}, watch.codes
     assert watch.retry_after <= {"5"}, watch.retry_after
     # The driver waited the outage out: it said so once when it began and once when it ended.
     logs = httpx.get(f"{server['api']}/studies/{study['id']}/logs", timeout=60).text
@@ -171,6 +171,7 @@ def test_a_sqlite_write_lock_held_over_a_minute_mid_study_loses_nothing(tmp_path
         watch.stop()
         study = _wait_for_end(server["api"], study["id"])
         _check_survived(server, study, watch)
+        assert watch.codes[200] > 0, watch.codes  # WAL: reads go on while another process holds the lock
         names = [s["name"] for s in httpx.get(f"{server['api']}/studies", timeout=60).json()["items"]]
         assert names == ["dbfault"]  # the refused POST stored nothing
     finally:
@@ -211,11 +212,27 @@ def test_postgresql_connections_killed_in_a_loop_mid_study_lose_nothing(tmp_path
             gen.close()
 
 
+class InFlight:
+    """How many calls are inside `wait` at once, at most."""
+
+    def __init__(self):
+        self.now = self.most = 0
+        self._lock = threading.Lock()
+
+    def wait(self, seconds: float) -> None:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(seconds)
+        with self._lock:
+            self.now -= 1
+
+
 def test_fifty_concurrent_submits_on_postgresql_get_no_500(tmp_path):
     """A real uvicorn server (its 40 request threads against a pool of 5+5) over a fresh PostgreSQL
-    database; the cluster is the fake one with a slow submit (1 s), as a busy Ray job API answers."""
-    cluster = FakeCluster()
-    cluster.before_call = lambda name: time.sleep(1.0) if name == "submit_study" else None
+    database; the cluster is the fake one with a slow submit (3 s), as a busy Ray job API answers."""
+    cluster, in_flight = FakeCluster(), InFlight()
+    cluster.before_call = lambda name: in_flight.wait(3.0) if name == "submit_study" else None
     with fresh_database("postgresql", tmp_path) as url:
         settings = Settings(data_dir=tmp_path, database_url=url)
         port = free_port()
@@ -233,10 +250,8 @@ def test_fifty_concurrent_submits_on_postgresql_get_no_500(tmp_path):
             def submit(i: int) -> httpx.Response:
                 return httpx.post(f"{api}/studies", json={**SPEC, "name": f"load-{i}"}, timeout=120)
 
-            start = time.monotonic()
             with ThreadPoolExecutor(50) as pool:
                 answers = list(pool.map(submit, range(50)))
-            took = time.monotonic() - start
             codes = Counter(a.status_code for a in answers)
             stored = httpx.get(f"{api}/studies?limit=100", timeout=60).json()["items"]
         finally:
@@ -245,7 +260,8 @@ def test_fifty_concurrent_submits_on_postgresql_get_no_500(tmp_path):
     assert set(codes) <= {202, 503}, codes
     for a in answers:
         assert a.status_code == 202 or a.headers.get("retry-after"), a.text
-    # No connection is held while Ray is asked: 50 one-second submits on 40 threads take two rounds, not
-    # the ten that 10 pooled connections held through each submit would need.
-    assert codes[202] == 50 and took < 10, (codes, took)
+    assert codes[202] == 50, codes
+    # No connection is held while Ray is asked: more submits were under way at once than the pool (5+5) has
+    # connections, which would cap them at 10 if each held one.
+    assert in_flight.most > 10, in_flight.most
     assert len(stored) == 50 and all(s["ray_job_id"] for s in stored)

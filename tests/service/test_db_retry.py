@@ -27,8 +27,17 @@ from sqlalchemy import exc as sa_exc
 
 from service import deps
 from service.api import create_app
-from service.db import make_engine
-from service.db_retry import DbRetry, RetryingStorage, in_session, is_transient, retrying_storage, short
+from service.db import make_engine, make_sessionmaker
+from service.db_retry import (
+    OUTAGE,
+    DbRetry,
+    Outage,
+    RetryingStorage,
+    is_transient,
+    retrying_storage,
+    short,
+    with_session,
+)
 from service.settings import Settings
 from tests.conftest import PG_ADMIN_URL, free_port, fresh_database
 from tests.service.conftest import SPEC, FakeCluster
@@ -120,7 +129,7 @@ def test_an_exhausted_pool_is_transient(db):
 
 
 def test_a_write_waits_out_a_held_lock_and_the_outage_is_logged_once(db, caplog):
-    storage = RetryingStorage(_storage(db), DbRetry(30, max_wait_s=0.3, settle_s=1.0))
+    storage = RetryingStorage(_storage(db), DbRetry(30, max_wait_s=0.3, outage=Outage(settle_s=1.0)))
     study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
     caplog.set_level(logging.DEBUG, logger="transched.db")
     start = time.monotonic()
@@ -158,20 +167,23 @@ def test_a_wrong_write_is_not_retried(db):
     assert calls == [1]
 
 
-def test_a_session_write_is_retried_in_a_new_transaction(db):
+def test_a_session_write_is_retried_in_a_new_session(db):
     engine = make_engine(f"sqlite:///{db}", busy_timeout_ms=100)
     with engine.begin() as conn:
         conn.execute(text("CREATE TABLE t (x INTEGER)"))
-    from service.db import make_sessionmaker
+    seen = []
 
     def insert(session, *, x):
+        seen.append(session)
         session.execute(text("INSERT INTO t VALUES (:x)"), {"x": x})
         session.commit()
+        return x
 
-    with make_sessionmaker(engine)() as session, write_lock(db, for_s=1.0):
-        in_session(session, DbRetry(30, max_wait_s=0.2), insert, x=7)
+    with write_lock(db, for_s=1.0):
+        assert with_session(make_sessionmaker(engine), DbRetry(30, max_wait_s=0.2), insert, x=7) == 7
     with engine.connect() as conn:
         assert conn.execute(text("SELECT x FROM t")).scalars().all() == [7]
+    assert len(seen) >= 2 and len(set(map(id, seen))) == len(seen)  # each attempt in a session of its own
     engine.dispose()
 
 
@@ -230,7 +242,7 @@ def test_a_lost_state_change_counts_as_done(db, ask_from):
 def test_the_proxy_pickles_as_tune_saves_its_searcher(db):
     storage = retrying_storage(_storage(db), DbRetry(42))
     again = pickle.loads(pickle.dumps(storage))
-    assert (again.retry.budget_s, again.retry.settle_s) == (42, 10.0)
+    assert (again.retry.budget_s, again.retry.outage) == (42, OUTAGE)
     again.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "after-pickle")
     assert again.get_study_id_from_name("after-pickle") == storage.get_study_id_from_name("after-pickle")
 
@@ -263,9 +275,9 @@ def test_the_api_answers_503_while_postgresql_is_unreachable(tmp_path):
 
 
 class _Bare:
-    def __init__(self, engine):
-        from service.db import make_sessionmaker
+    """The app state a handler reads (its sessions and cluster), without the lifespan."""
 
+    def __init__(self, engine):
         self.sessions, self.cluster = make_sessionmaker(engine), None
 
 
