@@ -105,7 +105,8 @@ class StoredOptunaSearch(OptunaSearch):
         ot_trial.set_user_attr("sampled", config)
         self._reuse.load(self._ot_study)
         kind, twin = self._reuse.match(config)
-        if kind == "running":
+        # A retry of a dead driver's trial (its config is that trial's) never waits: it is that trial.
+        if kind == "running" and "retry_of" not in ot_trial.user_attrs:
             del self._ot_trials[trial_id]
             self._parked = (ot_trial, config)
             logger.info("trial %d waits for running trial %d's result (same config)", ot_trial.number, twin)
@@ -117,7 +118,7 @@ class StoredOptunaSearch(OptunaSearch):
         and, for a config identical to a COMPLETE trial's, that trial's result to report (not trained)."""
         kind, twin = self._reuse.match(config)
         self._configs[trial_id] = (config, ot_trial.number)
-        if kind != "complete":
+        if kind != "complete":  # a new config (or a retry of one still marked running)
             self._reuse.started(config, ot_trial.number)
             run = {**config, TRIAL_NUMBER: ot_trial.number}  # see service.tune_events
             retry_of = ot_trial.user_attrs.get("retry_of")
