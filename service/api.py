@@ -12,9 +12,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException
 
 from service import auth
 from service.deps import AppState
@@ -28,7 +30,7 @@ from service.errors import (
 )
 from service.ray_cluster import Cluster, connect
 from service.routers import dashboard, health, logs, presets, report, studies, trials
-from service.schemas import Problem
+from service.schemas import Problem, problem_response
 from service.settings import Settings
 
 ERROR_STATUS: dict[type[DomainError], int] = {
@@ -52,6 +54,15 @@ def _invalid(request: Request, exc: Exception) -> JSONResponse:
     the error's `input`) written as text: the refusal itself must not fail."""
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTP errors, except that a body that does not parse (FastAPI's 400) is a 422 like any
+    other invalid body: one documented code for every refusal of what was sent."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=422)
+    return await http_exception_handler(request, exc)
 
 
 def _json_safe(value: Any) -> Any:
@@ -95,13 +106,14 @@ def create_app(
     )
     app.add_exception_handler(DomainError, _problem)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http_error)
     app.include_router(health.router)  # open: a liveness probe, it names no study
     guarded = settings.api_token is not None  # see service.auth; /docs and the schema stay open
     for module in (studies, trials, logs, presets, report, dashboard):
         app.include_router(
             module.router,
             dependencies=[auth.Authorized] if guarded else None,
-            responses={401: {"model": Problem, **auth.UNAUTHORIZED[401]}} if guarded else None,
+            responses={401: problem_response(auth.UNAUTHORIZED[401]["description"])} if guarded else None,
         )
     dashboard.mount(app)  # optuna-dashboard at /dashboard (and the root paths its bundle fetches)
     if guarded and settings.public_reads:
