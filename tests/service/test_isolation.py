@@ -1,8 +1,10 @@
 """Isolation (issue 8, point 1): another Ray head on the same host never captures a study. A second head
-(its own temp dir and token) is started after the service's own, and Ray's default temp dir is pointed at
-it (RAY_TMPDIR), so its `ray_current_cluster` file is what `ray.init("auto")` would join. The study still
-runs to completion on the service's head: its job's driver and every trial on that head's node, and the
-other head sees no job and no driver at all."""
+(its own token and ports) is started after the service's own, in the temp dir that Ray on this host
+uses by default (RAY_TMPDIR points there for the service, its head, drivers and trials), so its
+`ray_current_cluster` file names it: what a head without a temp dir of its own, its job supervisor and a
+driver calling `ray.init("auto")` would join. The study still runs to completion on the service's head:
+its job's driver and every trial on that head's node, and the other head sees no job and no driver.
+(Checked: with the local head's `--temp-dir` removed, this test fails.)"""
 
 from __future__ import annotations
 
@@ -49,7 +51,11 @@ def _other_head(root: Path) -> tuple[subprocess.Popen, str, str, dict[str, str]]
     url = f"http://127.0.0.1:{dash}"
     deadline = time.monotonic() + 120
     current = root / "ray" / "ray_current_cluster"  # written once the head is up, after its dashboard
-    while not (_dashboard_up(url, token) and current.exists()):
+
+    def names_it() -> bool:
+        return current.exists() and current.read_text().strip().endswith(f":{gcs}")
+
+    while not (_dashboard_up(url, token) and names_it()):
         assert proc.poll() is None and time.monotonic() < deadline, (root / "head.log").read_text()
         time.sleep(0.5)
     return proc, f"127.0.0.1:{gcs}", url, {"Authorization": f"Bearer {token.read_text()}"}
