@@ -13,11 +13,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
 
 from service import auth
 from service.db_retry import is_transient, short
@@ -32,7 +34,7 @@ from service.errors import (
 )
 from service.ray_cluster import Cluster, connect
 from service.routers import dashboard, health, logs, presets, report, studies, trials
-from service.schemas import Problem
+from service.schemas import Problem, problem_response
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,7 @@ ERROR_STATUS: dict[type[DomainError], int] = {
 # Every endpoint that reads the database may answer this while it is unreachable (see _database_problem).
 DB_DOWN: dict[int | str, dict] = {
     503: {
-        "model": Problem,
-        "description": "the database is unavailable for now: retry after Retry-After seconds",
+        **problem_response("the database is unavailable for now: retry after Retry-After seconds"),
         "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
     }
 }
@@ -66,6 +67,15 @@ def _invalid(request: Request, exc: Exception) -> JSONResponse:
     the error's `input`) written as text: the refusal itself must not fail."""
     assert isinstance(exc, RequestValidationError)
     return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's HTTP errors, except that a body that does not parse (FastAPI's 400) is a 422 like any
+    other invalid body: one documented code for every refusal of what was sent."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST:
+        return JSONResponse({"detail": str(exc.detail)}, status_code=422)
+    return await http_exception_handler(request, exc)
 
 
 def _json_safe(value: Any) -> Any:
@@ -126,11 +136,12 @@ def create_app(
     )
     app.add_exception_handler(DomainError, _problem)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(HTTPException, _http_error)
     for db_error in (SQLAlchemyError, StorageInternalError):  # Optuna wraps SQLAlchemy's errors in its own
         app.add_exception_handler(db_error, _database_problem(settings.db_retry_after_s))
     app.include_router(health.router, responses=DB_DOWN)  # open: a liveness probe, it names no study
     guarded = settings.api_token is not None  # see service.auth; /docs and the schema stay open
-    unauthorized = {401: {"model": Problem, **auth.UNAUTHORIZED[401]}} if guarded else {}
+    unauthorized = {401: problem_response(auth.UNAUTHORIZED[401]["description"])} if guarded else {}
     for module in (studies, trials, logs, presets, report, dashboard):
         app.include_router(
             module.router,

@@ -346,3 +346,10 @@ class BestConfig(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+def problem_response(description: str) -> dict[str, Any]:
+    """An error answer of a route whose success is not JSON (text, HTML, a figure): the error body is
+    JSON all the same, so OpenAPI must say application/json (FastAPI would give it the route's type)."""
+    schema = {"$ref": "#/components/schemas/Problem"}
+    return {"model": Problem, "description": description, "content": {"application/json": {"schema": schema}}}

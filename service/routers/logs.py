@@ -8,7 +8,7 @@ from fastapi.responses import PlainTextResponse
 from service import studies
 from service.deps import State
 from service.routers.studies import NOT_FOUND, RAY_DOWN
-from service.schemas import Problem
+from service.schemas import problem_response
 
 router = APIRouter(prefix="/studies/{study_id}", tags=["studies"])
 
@@ -17,9 +17,9 @@ router = APIRouter(prefix="/studies/{study_id}", tags=["studies"])
     "/logs",
     response_class=PlainTextResponse,
     responses={
-        **NOT_FOUND,
-        **RAY_DOWN,
-        409: {"model": Problem, "description": "the study has no Ray job (its submission failed)"},
+        404: problem_response(NOT_FOUND[404]["description"]),
+        503: problem_response(RAY_DOWN[503]["description"]),
+        409: problem_response("the study has no Ray job (its submission failed)"),
     },
 )
 def logs(study_id: str, state: State) -> str:

@@ -11,13 +11,15 @@ from fastapi.responses import HTMLResponse
 from service import report, studies
 from service.deps import State
 from service.routers.studies import NOT_FOUND, LinksDep
+from service.schemas import problem_response
 
 router = APIRouter(prefix="/studies", tags=["views"])
 
 MEDIA = {"svg": "image/svg+xml", "png": "image/png"}
+NO_STUDY = {404: problem_response(NOT_FOUND[404]["description"])}  # JSON, whatever the page's own type
 
 
-@router.get("/{study_id}/report", response_class=HTMLResponse, responses=NOT_FOUND)
+@router.get("/{study_id}/report", response_class=HTMLResponse, responses=NO_STUDY)
 def report_page(study_id: str, state: State, link: LinksDep) -> HTMLResponse:
     """The study's report: the lambda(t) curves of the best trials of each method, the best validation
     accuracy of each method, and the trials; linked to the study's other views."""
@@ -38,7 +40,7 @@ def report_page(study_id: str, state: State, link: LinksDep) -> HTMLResponse:
 @router.get(
     "/{study_id}/report/{name}.{fmt}",
     response_class=Response,
-    responses={**NOT_FOUND, 200: {"content": {m: {} for m in MEDIA.values()}}},
+    responses={**NO_STUDY, 200: {"content": {m: {} for m in MEDIA.values()}}},
 )
 def report_figure(
     study_id: str, name: Literal["lambda", "methods"], fmt: Literal["svg", "png"], state: State

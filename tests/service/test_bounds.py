@@ -114,3 +114,23 @@ def test_every_datetime_is_utc_aware(client, settings, tmp_path):
     stamps += [trial["datetime_start"], trial["datetime_complete"]]
     for stamp in stamps:
         assert stamp and datetime.fromisoformat(stamp).tzinfo is not None, stamp
+
+
+def test_every_number_list_and_free_string_of_the_trainer_is_bounded():
+    """A new TrainConfig field that is a number, a list or a free string needs a bound (annotated-types
+    metadata, see trainers/config.py): the schema then states it and the config checks it."""
+    import types
+    import typing
+
+    from trainers import TrainConfig
+
+    unbounded = []
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = set(typing.get_args(hint)) if union else {hint}
+        kinds.discard(type(None))
+        plain = {typing.get_origin(k) or k for k in kinds}
+        if plain & {int, float, list, str} and name not in field_bounds():
+            unbounded.append(name)
+    assert unbounded == []
+    assert {"n_target", "image_size", "source_classes", "unlabeled_path"} <= set(field_bounds())  # optional
