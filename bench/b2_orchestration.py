@@ -184,6 +184,7 @@ def run(*, quick: bool = False) -> dict:
             proc.terminate()
             proc.wait(60)
             stop_local_head(Settings(data_dir=data_dir))
+    per = service["per_trial"]
     lines = [
         f"{n} near-zero trials (digits, small CNN, 1 step), {CONCURRENT} concurrent, one run; seconds.",
         "",
@@ -191,7 +192,7 @@ def run(*, quick: bool = False) -> dict:
         "|---|---:|---:|",
         f"| trainer called in a loop (in process) | {loop:.3f} | {loop / bare:.2f} |",
         f"| bare Ray Tune, reuse_actors, `fit()` only | {bare:.3f} | 1.00 |",
-        f"| the service: POST to study completed | {service['per_trial']:.3f} | {service['per_trial'] / bare:.2f} |",
+        f"| the service: POST to study completed | {per:.3f} | {per / bare:.2f} |",
         "",
         f"Study start (POST to the first trial training, warm cluster): {service['start']:.2f} s "
         f"(target < {TARGET_START_S:.0f} s).",
