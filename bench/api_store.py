@@ -154,6 +154,9 @@ def populate(url: str, *, n_trials: int, small_studies: int = SMALL_STUDIES, see
             if engine.dialect.name == "postgresql":  # explicit ids: move the sequence past them
                 seq = "pg_get_serial_sequence('trials', 'trial_id')"
                 conn.execute(text(f"SELECT setval({seq}, max(trial_id)) FROM trials"))
+    with engine.connect() as conn:  # planner statistics, as autovacuum / a running database would have
+        conn.execute(text("ANALYZE"))
+        conn.commit()
     storage.engine.dispose()
     engine.dispose()
     return big
@@ -195,6 +198,12 @@ def api_server(url: str, data_dir: Path) -> Iterator[tuple[httpx.Client, int]]:
         client.close()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used: unlike wall time, not inflated by other load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_gets(client: httpx.Client, path: str, n: int, warmup: int = 3) -> list[float]:

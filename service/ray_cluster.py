@@ -33,6 +33,12 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+# Tune's defaults the service does not use, off for its drivers: the CSV, JSON and TensorBoard result
+# loggers (every result of every trial written to three files under ray_results; the study's results live in
+# the store). Read by Ray 2.60's ray/tune/utils/callback.py.
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
 class RayUnavailable(RuntimeError):
     pass
 
@@ -94,6 +100,7 @@ class RayCluster:
         """Submit the study's driver as a Ray job named after the study (see `job_submission_id`)."""
         python = sys.executable if self.local else settings.driver_python
         env = {
+            **TUNE_ENV,
             "TRANSCHED_DATA_DIR": str(settings.data_dir.resolve()),
             "TRANSCHED_LOG_LEVEL": settings.log_level,
             "TRANSCHED_DB_RETRY_S": str(settings.db_retry_s),  # how long the driver waits out an outage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -252,16 +253,22 @@ def frozen_trials(session: Session, *, trial_ids: Sequence[int]) -> list[FrozenT
     ):
         params.setdefault(tid, []).append((pname, pvalue, dist))
     attrs: dict[int, dict[str, Any]] = {}
-    for tid, key, value_json in session.execute(
-        select(a.c.trial_id, a.c.key, a.c.value_json).where(a.c.trial_id.in_(ids))
-    ):
-        attrs.setdefault(tid, {})[key] = json.loads(value_json)
+    rows = session.execute(select(a.c.trial_id, a.c.key, a.c.value_json).where(a.c.trial_id.in_(ids))).all()
+    # One parse of all the page's attrs (each a JSON document, as Optuna wrote it): thousands of
+    # json.loads calls were 40% of a page's time.
+    for (tid, key, _), value in zip(rows, json.loads(f"[{','.join(r[2] for r in rows)}]"), strict=True):
+        attrs.setdefault(tid, {})[key] = value
     rows = {row.trial_id: row for row in session.execute(select(t).where(t.c.trial_id.in_(ids)))}
     return [_frozen(rows[i], values.get(i), params.get(i, []), attrs.get(i, {})) for i in ids if i in rows]
 
 
+@functools.lru_cache(maxsize=1024)
+def _distribution(distribution_json: str) -> Any:  # a study's trials share a few distributions
+    return json_to_distribution(distribution_json)
+
+
 def _frozen(row: Any, values: dict[int, float] | None, params: list, attrs: dict[str, Any]) -> FrozenTrial:
-    dists = {name: json_to_distribution(dist) for name, _, dist in params}
+    dists = {name: _distribution(dist) for name, _, dist in params}
     return FrozenTrial(
         number=row.number,
         state=row.state,

@@ -174,21 +174,21 @@ def _optuna_session(storage: BaseStorage) -> Session:
 
 
 class BestCache:
-    """Best trial ids by (Optuna study name, its number of COMPLETE trials, the filter's name): the best of
-    a study is found once per new completed trial, not on every read. It stays correct while a study
-    runs: Optuna never changes a finished trial, so COMPLETE trials only ever join a study, and a study with
-    as many as when its best was found has the same ones, and the same best. Bounded (oldest out)."""
+    """Best trial ids by (database, Optuna study name, its number of COMPLETE trials, the filter's name):
+    the best of a study is found once per new completed trial, not on every read. It stays correct while a
+    study runs: Optuna never changes a finished trial, so COMPLETE trials only ever join a study, and a
+    study with as many as when its best was found has the same ones, and the same best. Bounded."""
 
     def __init__(self, size: int = 4096):
-        self._ids: OrderedDict[tuple[str, int, str | None], int | None] = OrderedDict()
+        self._ids: OrderedDict[tuple[str, str, int, str | None], int | None] = OrderedDict()
         self._size, self._lock = size, threading.Lock()
 
-    def get(self, key: tuple[str, int, str | None]) -> int | None | bool:
+    def get(self, key: tuple[str, str, int, str | None]) -> int | None | bool:
         """The cached id (None: no such trial), or False where nothing is cached."""
         with self._lock:
             return self._ids.get(key, False)
 
-    def put(self, key: tuple[str, int, str | None], trial_id: int | None) -> None:
+    def put(self, key: tuple[str, str, int, str | None], trial_id: int | None) -> None:
         with self._lock:
             self._ids[key] = trial_id
             while len(self._ids) > self._size:
@@ -203,11 +203,16 @@ def _optuna_session(storage: BaseStorage) -> Session:
     return Session(storage.engine)  # type: ignore[attr-defined]
 
 
+def _database(session: Session) -> str:  # one process may read several databases (tests, tools)
+    return session.get_bind().url.render_as_string(hide_password=True)
+
+
 def _bests(session: Session, counts: dict[str, dict[str, int]], names: list[str]) -> dict[str, FrozenTrial]:
     """The best trial of each named study (given its trial counts): from the cache, or one window query
     for the studies whose completed trials changed since; then those trials by id."""
-    keys = {n: (n, counts.get(n, {}).get("COMPLETE", 0), None) for n in names}
-    ids = {n: BEST.get(k) for n, k in keys.items() if k[1]}  # no completed trial: no best
+    db = _database(session)
+    keys = {n: (db, n, counts.get(n, {}).get("COMPLETE", 0), None) for n in names}
+    ids = {n: BEST.get(k) for n, k in keys.items() if k[2]}  # no completed trial: no best
     missing = [n for n, i in ids.items() if i is False]
     found = repo.best_trial_ids(session, names=missing)
     for name in missing:
@@ -228,7 +233,7 @@ def best_trial(
         counts = repo.trial_counts(session, names=[name])
         if where is None:
             return _bests(session, counts, [name]).get(name)
-        cache_key = (name, counts.get(name, {}).get("COMPLETE", 0), key)
+        cache_key = (_database(session), name, counts.get(name, {}).get("COMPLETE", 0), key)
         trial_id = BEST.get(cache_key) if key is not None else False
         if trial_id is False:
             ranked = repo.complete_trials_best_first(session, name=name)
