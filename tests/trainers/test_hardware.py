@@ -10,9 +10,8 @@ import math
 import pytest
 import torch
 
-from trainers import REPORT_KEYS, TrainConfig, train
-from trainers import hardware
-from trainers.loop import _setup, _step, _EpochSums, evaluate
+from trainers import REPORT_KEYS, TrainConfig, hardware, train
+from trainers.loop import _EpochSums, _setup, _step, evaluate
 
 CUDA = torch.device("cuda")
 CPU = torch.device("cpu")
@@ -139,7 +138,9 @@ def test_cudnn_benchmark_is_only_switched_on_for_cuda_and_restored():
 @pytest.mark.gpu
 @gpu
 def test_cuda_defaults_train_in_bf16_channels_last(tmp_path):
-    result = train(digits(tmp_path, device="cuda", backbone="resnet20", target="synthetic", source="synthetic"))
+    result = train(
+        digits(tmp_path, device="cuda", backbone="resnet20", target="synthetic", source="synthetic")
+    )
     conv = next(m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_cuda and conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not result.diverged and result.best_val_acc > 0
