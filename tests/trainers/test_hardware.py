@@ -148,7 +148,9 @@ def test_cuda_defaults_train_in_bf16_channels_last(tmp_path):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("method", ["smooth", "target", "mixup", "cutmix", "ict", "smile", "automix"])
+@pytest.mark.parametrize(
+    "method", ["smooth", "target", "mixup", "kmixup", "cutmix", "ict", "smile", "automix"]
+)  # not xmixup (its one sync)
 def test_the_cuda_step_loop_never_waits_for_the_device(tmp_path, method):
     """No host synchronisation inside the step loop: CUDA's sync debug mode raises on any."""
     config = digits(tmp_path, device="cuda", method=method, augment=True, automix_stage=2, n_target=60)
