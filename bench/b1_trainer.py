@@ -36,7 +36,7 @@ CASES = [
     ),
     (
         "ResNet-20, generated 3x32x32",
-        dict(backbone="resnet20", source="synthetic", target="synthetic", image_size=32, val_size=256),
+        dict(backbone="resnet20", source="synthetic", target="synthetic", image_size=32, n_target=None),
         (15, 3, 3),
         (2, 2, 1),
     ),

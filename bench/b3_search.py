@@ -18,10 +18,11 @@ in a few minutes on this CPU, where the schedule decides the result:
 * The network is the trainer's layout: a shared MLP backbone, a source head and a target head, trained
   with momentum SGD on lambda(t) CE_target + (1 - lambda(t)) CE_source, lambda(t) from the product's own
   `trainers.schedule.loss_weight("smooth", ...)`, cosine learning rate from `trainers.schedule`.
-* Why the schedule matters here: target-only training over-fits 20 samples; source-only never adapts to
-  the target's view; mixing throughout leaves the backbone pulled by the source. The bench measures it
-  (the "landscape" lines): the spread of validation accuracy over the random trials against the spread of
-  one config over training seeds (the noise).
+* Why the schedule matters here (measured, the "landscape" lines): a schedule that stays on the source
+  too long never trains the target head (the worst random trials score 9-21%), target-only training
+  (lambda = 1) is a good corner, and the best schedules beat it on most seeds by a few points; the spread
+  of validation accuracy over random trials (std ~14 points) is ~8x the spread of one config over
+  training seeds (~1.7 points).
 
 Fair test: both samplers see the same deterministic objective per seed (the same data, init and batches
 for a given config, whichever sampler proposes it), the same space and the same number of trials to
@@ -211,6 +212,7 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         n if n is not None else tpe_max + 1 for n in reached
     ]  # not reached counts as more than the cap
     median = statistics.median(counted)
+    gains = [100 * (r["goal"] - r["target_only"]) for r in results if r["goal"] > r["target_only"]]
     lines = [
         f"Objective: generated transfer task (bench/b3_search.py), 150 SGD steps of a 2-layer MLP with "
         f"source "
@@ -236,6 +238,8 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         f"{100 * statistics.mean(spread):.1f} "
         f"points (range {100 * min(ranges):.1f}-{100 * max(ranges):.1f}) against a noise of std "
         f"{100 * noise:.2f} points for one config over 4 training seeds: the schedule decides the result.",
+        f"The source helps: random search's best beats target-only training on {len(gains)} of "
+        f"{len(results)} seeds" + (f" (by {min(gains):.1f}-{max(gains):.1f} points)." if gains else "."),
     ]
     return {
         "id": "B3",
