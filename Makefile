@@ -8,7 +8,7 @@ STAMP := $(VENV)/.transched-installed
 # where it is present.
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fast lint format down clean
+.PHONY: install demo test test-fast bench lint format down clean
 
 install: $(STAMP)
 
@@ -40,6 +40,11 @@ $(CHROMIUM):
 # The inner loop: unit tests only, no server, no Ray head, no CUDA (see the `slow` and `gpu` markers).
 test-fast: install
 	$(PY) -m pytest -ra -m "not slow and not gpu" -n 2
+
+# Benchmarks B1-B6 on this machine (< 20 min), their sections of BENCHMARKS.md rewritten. BENCH_ARGS e.g.
+# "--only B1,B3" or "--quick" (a smoke run); B7 needs a GPU: `make bench BENCH_ARGS="--only B7"` there.
+bench: install
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -1,7 +1,7 @@
 """Where a run's batches come from: seeds per purpose, samplers, augmentation and the epoch length.
 
 Used by the training loop (loop.py) and by source pretraining (pretrain.py) alike; it imports nothing
-else of trainers/, so both depend on it and not on each other.
+else of trainers/ but hardware.py (host-to-device copies), so both depend on it and not on each other.
 
 Every draw comes from its own seeded generator, so e.g. turning augmentation on does not change which
 samples are drawn, and a run is reproducible (bit-identical on the same CPU and thread count).
@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .hardware import to_device
 
 # The purposes the training loop draws for. New names go at the end: SeedSequence children keep their
 # seeds when more are spawned.
@@ -97,14 +99,14 @@ def augment_batch(x: torch.Tensor, hflip: bool, gen: torch.Generator) -> torch.T
     offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=gen)
     flips = torch.rand(n, generator=gen) < 0.5 if hflip else None
     padded = F.pad(x, (pad, pad, pad, pad))
-    offsets = offsets.to(x.device)
+    offsets = to_device(offsets, x.device)
     rows = (offsets[:, 0:1] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
     cols = (offsets[:, 1:2] + torch.arange(w, device=x.device)).view(n, 1, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
     chans = torch.arange(c, device=x.device).view(1, c, 1, 1)
     out = padded[batch, chans, rows, cols]
     if flips is not None:
-        out = torch.where(flips.to(x.device).view(n, 1, 1, 1), out.flip(-1), out)
+        out = torch.where(to_device(flips, x.device).view(n, 1, 1, 1), out.flip(-1), out)
     return out
 
 
@@ -128,7 +130,7 @@ class Batches:
         self.hflip, self.augment_gen = hflip, augment_gen
 
     def draw(self) -> Any:
-        idx = self.sampler.next().to(self.x.device)
+        idx = to_device(self.sampler.next(), self.x.device)
         xb = self.x[idx]
         if self.augment_gen is not None:
             xb = augment_batch(xb, self.hflip, self.augment_gen)

@@ -171,6 +171,12 @@ class TrainConfig:
     num_threads: Annotated[int, Interval(ge=1, le=1024)] | None = (
         None  # torch intra-op threads; fixed for reproducible CPU results
     )
+    # How the run uses its device (trainers/hardware.py). precision "auto": bf16 autocast on CUDA, fp32 on
+    # CPU (bit-identical results); "bf16" autocasts on the CPU too. channels_last None: on CUDA only.
+    # compile_model: torch.compile the backbone (pays only on long runs: compiling takes tens of seconds).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool | None = None
+    compile_model: bool = False
 
     def __post_init__(self) -> None:
         checks = (*self._bound_checks(), *self._method_checks(), *self._run_checks())
@@ -281,6 +287,7 @@ class TrainConfig:
             self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
             "device must be auto, cpu, cuda or cuda:N",
         )
+        need(self.precision in ("auto", "fp32", "bf16"), "precision must be auto, fp32 or bf16")
         return checks
 
     @property

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import epoch_checkpoint, schedule
+from . import epoch_checkpoint, hardware, schedule
 from .batches import Batches, Sampler, run_seeds, steps_per_epoch
 from .config import TrainConfig
 from .data import TransferData, dataset_key, load_transfer_data
@@ -167,20 +167,31 @@ def resolve_device(device: str) -> torch.device:
 
 @torch.inference_mode()
 def evaluate(
-    model: TransferNet, x: torch.Tensor, y: torch.Tensor, domain: str = "target"
+    model: TransferNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    domain: str = "target",
+    *,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of one head in eval mode, in chunks."""
+    """(accuracy, mean cross-entropy) of one head in eval mode, in chunks.
+
+    The sums stay on the device and are read once at the end (one host sync, not one per chunk); the
+    loss sum is float64, as the Python float it replaced, so fp32 results are unchanged to the bit.
+    """
     was_training = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
+    correct = torch.zeros((), dtype=torch.long, device=y.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=y.device)
     for start in range(0, len(y), EVAL_BATCH):
         xb, yb = x[start : start + EVAL_BATCH], y[start : start + EVAL_BATCH]
-        logits = model(xb, domain)
-        loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == yb).sum())
+        with hardware.autocast(xb.device, autocast_dtype):
+            logits = model(xb, domain)
+            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == yb).sum()
     model.train(was_training)
     n = max(1, len(y))
-    return correct / n, loss_sum / n
+    return int(correct) / n, float(loss_sum) / n
 
 
 def _finite(value: float | None) -> float | None:
@@ -220,7 +231,7 @@ def train(
     )
     try:
         # fork_rng: seeding here must neither be disturbed by nor disturb the caller's global RNG.
-        with torch.random.fork_rng(devices=rng_devices):
+        with torch.random.fork_rng(devices=rng_devices), hardware.device_settings(device):
             return _train(config, report, device, checkpoint)
     finally:
         if config.num_threads:
@@ -243,6 +254,7 @@ class _Run:
     init_info: dict[str, Any]
     n_unlabeled: int | None  # size of the method's unlabeled pool, if it has one
     started: float
+    autocast_dtype: torch.dtype | None = None  # bf16 autocast, or None for fp32 (trainers/hardware.py)
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_acc: float = -1.0
@@ -292,13 +304,14 @@ def _setup(config: TrainConfig, device: torch.device) -> _Run:
     torch.manual_seed(seeds["init"])
     with_head = method.loads_source() and method.source_head()
     model, init_info = initial_model(config, data, data.n_source_classes if with_head else 0, device)
-    model.train()
+    hardware.prepare_model(model, config, device).train()
 
     ctx = _step_context(config, method, data, model, unlabeled_x, seeds, device)
     sizes = [len(data.target_train_y), len(data.source_y) if ctx.source is not None else 0]
     sizes += [len(unlabeled_x)] if unlabeled_x is not None else []
     spe = steps_per_epoch(config.batch_size, sizes, config.steps_per_epoch)
     method.setup(ctx)
+    hardware.compile_backbone(model, config)
     groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     if method.parameters():  # parameters the method trains too (AutoMix's Mix Block)
         groups.append({"params": method.parameters()})
@@ -318,6 +331,7 @@ def _setup(config: TrainConfig, device: torch.device) -> _Run:
         init_info=init_info,
         n_unlabeled=len(unlabeled_x) if unlabeled_x is not None else None,
         started=started,
+        autocast_dtype=hardware.autocast_dtype(config, device),
     )
     logger.info(
         "train %s: %s -> %s, backbone %s (bn %s, init %s) on %s; %d epochs x %d steps = T %d; %s",
@@ -451,11 +465,12 @@ def _step(run: _Run, lam: float, lr: float, sums: _EpochSums) -> None:
     """One SGD step on lambda(t) L_method + (1 - lambda(t)) L_source (paper eq. 3 / 7)."""
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    loss_t, loss_s, step_metrics = run.method.step_losses(run.ctx, lam, run.step, run.total)
-    if loss_t is not None and loss_s is not None:
-        loss = lam * loss_t + (1.0 - lam) * loss_s
-    else:
-        loss = loss_t if loss_t is not None else loss_s  # a lone branch has weight exactly 1
+    with hardware.autocast(run.device, run.autocast_dtype):
+        loss_t, loss_s, step_metrics = run.method.step_losses(run.ctx, lam, run.step, run.total)
+        if loss_t is not None and loss_s is not None:
+            loss = lam * loss_t + (1.0 - lam) * loss_s
+        else:
+            loss = loss_t if loss_t is not None else loss_s  # a lone branch has weight exactly 1
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
@@ -479,7 +494,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     if any(v is not None and not math.isfinite(v) for v in (mean_t, mean_s)):
         run.diverged = True
     eval_net = run.method.eval_model(run.model)
-    val_acc, val_loss = evaluate(eval_net, run.data.val_x, run.data.val_y)
+    val_acc, val_loss = evaluate(eval_net, run.data.val_x, run.data.val_y, autocast_dtype=run.autocast_dtype)
     if val_acc > run.best_acc:  # strict: on ties the earlier epoch is kept
         run.best_acc, run.best_epoch, run.since_best = val_acc, epoch, 0
         run.best_state = {k: v.detach().clone() for k, v in eval_net.state_dict().items()}
@@ -529,7 +544,7 @@ def _finish(run: _Run) -> TrainResult:
     model, data = run.model, run.data
     model.load_state_dict(run.best_state)
     model.eval()
-    test_acc, test_loss = evaluate(model, data.test_x, data.test_y)
+    test_acc, test_loss = evaluate(model, data.test_x, data.test_y, autocast_dtype=run.autocast_dtype)
     linearity = linearity_diagnostics(model, data, seed=run.config.seed)
     sizes = data.sizes()
     if run.n_unlabeled is not None:

@@ -216,9 +216,11 @@ def sample_beta(rng: np.random.Generator, a: float, b: float) -> float:
 
 def permutations(n: int, k: int, gen: torch.Generator, device: torch.device) -> list[torch.Tensor]:
     """K index tensors: the identity, then K - 1 seeded random permutations of range(n)."""
+    from ..hardware import to_device  # imported here: this module stays importable without the loop's
+
     perms = [torch.arange(n)]
     perms += [torch.randperm(n, generator=gen) for _ in range(k - 1)]
-    return [p.to(device) for p in perms]
+    return [to_device(p, device) for p in perms]  # queued behind the GPU's work, no host wait
 
 
 def mix(x: torch.Tensor, weights: list[float] | np.ndarray, perms: list[torch.Tensor]) -> torch.Tensor:

@@ -163,12 +163,16 @@ class XMixup(Method):
         return out
 
     def loss(self, ctx: StepContext, step: int, total: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        from ..hardware import to_device
+
         x_t, y_t = ctx.target()
-        idx = self.draw_auxiliary(y_t.cpu(), ctx.gen).to(ctx.device)
+        # The one host sync left in a step loop: the class-paired draw reads the target labels on the host
+        # (their per-class pools and the seeded sequential draws keep XMixup's results bit-identical).
+        idx = to_device(self.draw_auxiliary(y_t.cpu(), ctx.gen), ctx.device)
         x_s, y_s = ctx.data.source_x[idx], ctx.data.source_y[idx]
         a = self.config.resolved_mixup_alpha
         lam_np = ctx.rng.beta(a, 1.0, size=len(y_t))
-        lam = torch.as_tensor(lam_np, dtype=x_t.dtype, device=ctx.device)
+        lam = to_device(torch.as_tensor(lam_np, dtype=x_t.dtype), ctx.device)
         x = lam.view(-1, 1, 1, 1) * x_t + (1.0 - lam.view(-1, 1, 1, 1)) * x_s
         feats = ctx.model.features(x, "target")
         ce_t = F.cross_entropy(ctx.model.head("target")(feats), y_t, reduction="none")
