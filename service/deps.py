@@ -22,16 +22,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class AppState:
     """The engine, the Optuna storage on the same database, and the cluster client (None while no
-    cluster is reachable: studies are then refused with 503, everything else still answers)."""
+    cluster is reachable: studies are then refused with 503, everything else still answers). The
+    supervisor (service.supervisor) replaces `cluster` when it reconnects, through `connect`."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     storage: RDBStorage
     cluster: Cluster | None
+    connect: Callable[[Settings], Cluster]
 
     @classmethod
     def open(
@@ -46,7 +48,7 @@ class AppState:
             except RayUnavailable:
                 logger.exception("no Ray cluster: studies cannot be submitted until one is reachable")
         storage = optuna_storage_from(settings)
-        return cls(settings, engine, make_sessionmaker(engine), storage, cluster)
+        return cls(settings, engine, make_sessionmaker(engine), storage, cluster, connect)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,9 +1,15 @@
 """A study's driver: runs as its own Ray job, reads only the stored spec, runs Tune + OptunaSearch.
 
-    python -m service.driver STUDY_ID
+    python -m service.driver STUDY_ID [ATTEMPT]
 
 The driver moves the study pending -> running -> completed | stopped | failed, and on the way out
 fails any Optuna trial still RUNNING (Optuna's heartbeat does not run under ask-and-tell).
+
+A driver of attempt k > 0 (started by service.supervisor after one died) continues the same Optuna
+study: completed trials stay and TPE sees them; trials the dead driver left RUNNING are failed and their
+configs enqueued once more (user attr `retry_of`); it runs only the trials still missing to `n_trials`.
+A driver that dies of an unexpected error leaves the study `running` (with its error noted) for the
+supervisor to resume; only a study that cannot go on (no resources, every trial failed) ends `failed`.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -25,11 +32,15 @@ from service.repository import (
     get_status,
     get_study,
     heartbeat,
+    reap_running_trial_numbers,
     reap_running_trials,
+    set_error,
     set_status,
+    start_attempt,
 )
 from service.schemas import METRIC, StudySpec
 from service.settings import Settings
+from service.studies import trial_arm
 from service.trainable import EPOCH_REPORT, TRIAL_NUMBER
 from service.tune_events import TrialEventLog, error_summary
 
@@ -145,8 +156,18 @@ class StopWhenAsked(Stopper):
         return self._stop
 
 
-def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: Any, settings: Settings):
-    """Tune + OptunaSearch (TPE) over the study's space, writing its trials into `optuna_name`."""
+def build_tuner(
+    spec: StudySpec,
+    *,
+    study_id: str,
+    optuna_name: str,
+    storage: Any,
+    settings: Settings,
+    plan: ResumePlan | None = None,
+):
+    """Tune + OptunaSearch (TPE) over the study's space, writing its trials into `optuna_name`; with a
+    resume `plan`, only the trials still missing and the method points of arms not tried yet."""
+    plan = plan or ResumePlan(remaining=spec.n_trials)
     import optuna
     from ray import tune
 
@@ -154,7 +175,8 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
     from service.trainable import run_trial
 
     sampler = optuna.samplers.TPESampler(
-        seed=spec.seed,
+        # A resumed driver draws other random startup configs than the first one (same seed: repeats).
+        seed=None if spec.seed is None else spec.seed + plan.attempt,
         constant_liar=True,  # parallel trials: pending ones count as bad guesses, not as nothing
         multivariate=True,
         group=True,  # the space is conditional on the method
@@ -164,7 +186,7 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
     searcher = StoredOptunaSearch(
         space=build_space(arms),
         # Each method once before TPE chooses, so every method of the study is tried.
-        points_to_evaluate=[{"method": arm} for arm in arms] if len(arms) > 1 else None,
+        points_to_evaluate=[{"method": a} for a in arms if a not in plan.tried] if len(arms) > 1 else None,
         metric=METRIC,
         mode="max",
         sampler=sampler,
@@ -188,12 +210,12 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=spec.n_trials,
+            num_samples=plan.remaining,
             max_concurrent_trials=spec.max_concurrent_trials,
             reuse_actors=True,  # measured here: 0.4 s per trial instead of 2.0 s
         ),
         run_config=tune.RunConfig(
-            name=optuna_name,
+            name=optuna_name if not plan.attempt else f"{optuna_name}-r{plan.attempt}",
             storage_path=str((settings.data_dir / "ray_results").resolve()),
             stop=StopWhenAsked(settings, study_id),
             # A trial whose worker or node died is rerun (on any node that fits) up to max_retries times.
@@ -204,7 +226,59 @@ def build_tuner(spec: StudySpec, *, study_id: str, optuna_name: str, storage: An
     )
 
 
-def run_study(study_id: str, settings: Settings) -> StudyStatus:
+@dataclass
+class ResumePlan:
+    """What a driver runs: `remaining` trials, method points only for arms not `tried`."""
+
+    remaining: int
+    attempt: int = 0
+    tried: set[str] = field(default_factory=set)
+    retried: list[int] = field(default_factory=list)  # trials left RUNNING whose configs run again
+
+
+def plan_resume(storage: Any, *, optuna_name: str, n_trials: int, attempt: int) -> ResumePlan:
+    """Take over the Optuna study a dead driver left (a no-op for a new study).
+
+    Trials left RUNNING are marked FAIL, and each one's config is enqueued once more with user attr
+    `retry_of` (the trainable resumes it from that trial's last epoch checkpoint); a trial that was itself
+    a retry is not retried again. Finished trials: COMPLETE, PRUNED, and FAIL except a failed trial
+    whose retry is enqueued (the retry takes its place). The driver runs `n_trials` minus those; WAITING
+    (enqueued) trials are among them, taken first."""
+    import optuna
+
+    from service.repository import load_optuna_study
+
+    ot_study = load_optuna_study(storage, name=optuna_name)
+    if ot_study is None:
+        return ResumePlan(remaining=n_trials, attempt=attempt)
+    left = set(reap_running_trial_numbers(storage, name=optuna_name))
+    trials = ot_study.get_trials(deepcopy=False)
+    retried_of = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    plan = ResumePlan(remaining=0, attempt=attempt)
+    for t in trials:
+        if t.number in left and "retry_of" not in t.user_attrs and t.number not in retried_of:
+            ot_study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            retried_of.add(t.number)
+            plan.retried.append(t.number)
+    state = optuna.trial.TrialState
+    finished = [
+        t
+        for t in trials
+        if t.state in (state.COMPLETE, state.PRUNED) or (t.state == state.FAIL and t.number not in retried_of)
+    ]
+    plan.remaining = max(n_trials - len(finished), 0)
+    for t in trials:
+        fixed = t.system_attrs.get("fixed_params") or {}
+        if t.user_attrs.get("sampled") or fixed.get("method"):
+            plan.tried.add(trial_arm(t) if t.user_attrs.get("sampled") else fixed["method"])
+    logger.info(
+        "attempt %d of %s: %d finished trials kept, %d left RUNNING retried (%s), %d to run",
+        attempt, optuna_name, len(finished), len(plan.retried), plan.retried, plan.remaining,
+    )  # fmt: skip
+    return plan
+
+
+def run_study(study_id: str, settings: Settings, attempt: int = 0) -> StudyStatus:
     import ray
 
     # Small pools: a driver needs few connections, and many drivers share one PostgreSQL (see README).
@@ -216,12 +290,14 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
             raise SystemExit(f"no study {study_id} in {settings.resolved_database_url}")
         spec = StudySpec.model_validate(row.spec)
         optuna_name = row.optuna_study_name
-        if not set_status(s, study_id=study_id, status=StudyStatus.running, only_from=(StudyStatus.pending,)):
-            logger.warning("study %s is %s, not pending: nothing to run", study_id, row.status)
+        if not start_attempt(s, study_id=study_id, attempt=attempt):
+            logger.warning("study %s is %s at attempt %d, not %d: nothing to run", study_id, row.status,
+                           row.attempts, attempt)  # fmt: skip
             return StudyStatus(row.status)
 
     storage = optuna_storage_from(settings, pool_size=2, max_overflow=2)
-    final, message = StudyStatus.failed, "the driver ended unexpectedly"
+    final: StudyStatus | None = None
+    message: str | None = None
     try:
         ray.init(address=settings.ray_gcs_address or "auto", logging_level=logging.WARNING)
         problem = resource_problem(spec, ray.cluster_resources())
@@ -229,44 +305,68 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
             final, message = StudyStatus.failed, problem
             logger.error("study %s cannot run: %s", study_id, problem)
             return final
-        tuner = build_tuner(
-            spec, study_id=study_id, optuna_name=optuna_name, storage=storage, settings=settings
-        )
-        results = tuner.fit()
-        errors = [r.error for r in results if r.error is not None]
-        with sessions() as s:
-            if get_status(s, study_id=study_id) == StudyStatus.stopping:
-                final = StudyStatus.stopped
-            elif errors and len(errors) == len(results):
-                final = StudyStatus.failed
-            else:
-                final = StudyStatus.completed
-        message = (
-            f"{len(errors)} of {len(results)} trials failed: {error_summary(errors[0])}" if errors else None
-        )
-        logger.info("study %s %s (%d trials, %d errors)", study_id, final.value, len(results), len(errors))
+        plan = plan_resume(storage, optuna_name=optuna_name, n_trials=spec.n_trials, attempt=attempt)
+        final, message = _run_tuner(spec, plan, study_id=study_id, optuna_name=optuna_name,
+                                    storage=storage, settings=settings, sessions=sessions)  # fmt: skip
         return final
     except BaseException as exc:
-        final, message = StudyStatus.failed, f"{type(exc).__name__}: {exc}"
+        message = f"{type(exc).__name__}: {exc}"[:500]
         raise
     finally:
-        # Reap before the final status is written: whoever sees the study ended sees no RUNNING trial.
-        n = reap_running_trials(storage, name=optuna_name)
-        if n:
-            logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
-        with sessions() as s:
-            set_status(s, study_id=study_id, status=final, error=message)
+        _finish(sessions, storage, study_id=study_id, optuna_name=optuna_name, final=final, message=message)
         engine.dispose()
+
+
+def _run_tuner(spec: StudySpec, plan: ResumePlan, *, study_id: str, optuna_name: str, storage: Any,
+               settings: Settings, sessions: Any) -> tuple[StudyStatus, str | None]:  # fmt: skip
+    """Run the planned trials; the study's end and its message."""
+    errors, n = [], 0
+    if plan.remaining > 0:
+        tuner = build_tuner(spec, study_id=study_id, optuna_name=optuna_name, storage=storage,
+                            settings=settings, plan=plan)  # fmt: skip
+        results = tuner.fit()
+        errors, n = [r.error for r in results if r.error is not None], len(results)
+    with sessions() as s:
+        if get_status(s, study_id=study_id) == StudyStatus.stopping:
+            final = StudyStatus.stopped
+        elif errors and len(errors) == n:
+            final = StudyStatus.failed
+        else:
+            final = StudyStatus.completed
+    message = f"{len(errors)} of {n} trials failed: {error_summary(errors[0])}" if errors else None
+    logger.info("study %s %s (%d trials, %d errors)", study_id, final.value, n, len(errors))
+    return final, message
+
+
+def _finish(sessions: Any, storage: Any, *, study_id: str, optuna_name: str, final: StudyStatus | None,
+            message: str | None) -> None:  # fmt: skip
+    """Write the study's end. A driver that died of an unexpected error (`final` None) ends a stopping
+    study `stopped`; any other it leaves `running`, its trials as they are, with the error noted, for
+    the supervisor to resume (or to fail with that note after `max_resumes`)."""
+    with sessions() as s:
+        if final is None and get_status(s, study_id=study_id) != StudyStatus.stopping:
+            set_error(s, study_id=study_id, error=f"the driver died: {message}")
+            return
+    # Reap before the final status is written: whoever sees the study ended sees no RUNNING trial.
+    n = reap_running_trials(storage, name=optuna_name)
+    if n:
+        logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
+    with sessions() as s:
+        if final is None:
+            final, message = StudyStatus.stopped, None
+        set_status(s, study_id=study_id, status=final, error=message)
+        if message is None:
+            set_error(s, study_id=study_id, error=None)  # a resumed study's "resumed ..." note is done
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m service.driver STUDY_ID", file=sys.stderr)
+    if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].isdigit()):
+        print("usage: python -m service.driver STUDY_ID [ATTEMPT]", file=sys.stderr)
         return 2
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    status = run_study(argv[0], settings)
+    status = run_study(argv[0], settings, int(argv[1]) if len(argv) == 2 else 0)
     return 0 if status in (StudyStatus.completed, StudyStatus.stopped) else 1
 
 

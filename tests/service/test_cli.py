@@ -118,18 +118,25 @@ def test_best_per_method_to_a_file_and_an_unknown_method_is_one_line(client, sto
     ]
 
 
-def test_stop_a_running_study_then_stopping_it_again_is_an_error(client, store, transched, cluster):
+def test_stop_a_running_study_then_stopping_it_again_is_fine_and_an_ended_one_an_error(
+    client, store, transched, cluster
+):
     s = _study(client)
     store.set_status(s["id"], "running")
     code, out, _ = transched("stop", s["id"])
     assert code == 0 and f"study {s['id']}: stopping" in out
+    code, out, _ = transched("stop", s["id"])  # again: still stopping, its driver left alone
+    assert code == 0 and f"study {s['id']}: stopping" in out and cluster.stopped == []
     pending = _study(client)
     code, out, _ = transched("stop", pending["id"])
     assert (
         code == 0 and f"study {pending['id']}: stopped" in out and cluster.stopped == [pending["ray_job_id"]]
     )
-    code, _, err = transched("stop", pending["id"])
-    assert code == 1 and "has already ended (stopped) (HTTP 409)" in err and "Traceback" not in err
+    code, out, _ = transched("stop", pending["id"])
+    assert code == 0 and f"study {pending['id']}: stopped" in out
+    store.set_status(s["id"], "completed")
+    code, _, err = transched("stop", s["id"])
+    assert code == 1 and "has already ended (completed) (HTTP 409)" in err and "Traceback" not in err
 
 
 def test_logs_are_the_drivers_ray_job_log(client, transched, cluster):
