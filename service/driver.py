@@ -313,7 +313,8 @@ def run_study(study_id: str, settings: Settings, attempt: int = 0) -> StudyStatu
         message = f"{type(exc).__name__}: {exc}"[:500]
         raise
     finally:
-        _finish(sessions, storage, study_id=study_id, optuna_name=optuna_name, final=final, message=message)
+        _finish(sessions, storage, study_id=study_id, optuna_name=optuna_name, final=final, message=message,
+                attempt=attempt)  # fmt: skip
         engine.dispose()
 
 
@@ -339,13 +340,19 @@ def _run_tuner(spec: StudySpec, plan: ResumePlan, *, study_id: str, optuna_name:
 
 
 def _finish(sessions: Any, storage: Any, *, study_id: str, optuna_name: str, final: StudyStatus | None,
-            message: str | None) -> None:  # fmt: skip
-    """Write the study's end. A driver that died of an unexpected error (`final` None) ends a stopping
-    study `stopped`; any other it leaves `running`, its trials as they are, with the error noted, for
-    the supervisor to resume (or to fail with that note after `max_resumes`)."""
+            message: str | None, attempt: int) -> None:  # fmt: skip
+    """Write the study's end, if the study is still this driver's attempt (else a newer driver runs it).
+    A driver that died of an unexpected error (`final` None) ends a stopping study `stopped`; any other
+    it leaves `running`, its trials as they are, with the error noted, for the supervisor to resume (or
+    to fail with that note after `max_resumes`)."""
     with sessions() as s:
-        if final is None and get_status(s, study_id=study_id) != StudyStatus.stopping:
-            set_error(s, study_id=study_id, error=f"the driver died: {message}")
+        row = get_study(s, study_id=study_id)
+        if row is None or row.attempts != attempt:
+            logger.warning("study %s has moved on to attempt %s: its end is not ours to write", study_id,
+                           row.attempts if row else None)  # fmt: skip
+            return
+        if final is None and row.status != StudyStatus.stopping:
+            set_error(s, study_id=study_id, error=f"the driver died: {message}", attempt=attempt)
             return
     # Reap before the final status is written: whoever sees the study ended sees no RUNNING trial.
     n = reap_running_trials(storage, name=optuna_name)
@@ -354,9 +361,9 @@ def _finish(sessions: Any, storage: Any, *, study_id: str, optuna_name: str, fin
     with sessions() as s:
         if final is None:
             final, message = StudyStatus.stopped, None
-        set_status(s, study_id=study_id, status=final, error=message)
-        if message is None:
-            set_error(s, study_id=study_id, error=None)  # a resumed study's "resumed ..." note is done
+        set_status(s, study_id=study_id, status=final, error=message, attempt=attempt)
+        if message is None:  # a resumed study's "resumed ..." note is done with
+            set_error(s, study_id=study_id, error=None, attempt=attempt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,8 +121,11 @@ def start_attempt(session: Session, *, study_id: str, attempt: int) -> bool:
     return started
 
 
-def set_error(session: Session, *, study_id: str, error: str | None) -> None:
-    session.execute(update(Study).where(Study.id == study_id).values(error=error))
+def set_error(session: Session, *, study_id: str, error: str | None, attempt: int | None = None) -> None:
+    stmt = update(Study).where(Study.id == study_id)
+    if attempt is not None:
+        stmt = stmt.where(Study.attempts == attempt)
+    session.execute(stmt.values(error=error))
     session.commit()
 
 
@@ -150,8 +153,11 @@ def set_status(
     status: StudyStatus,
     error: str | None = None,
     only_from: tuple | None = None,
+    attempt: int | None = None,
 ) -> bool:
-    """Move a study to `status`; with `only_from`, only if it is in one of those states. True if moved."""
+    """Move a study to `status`; with `only_from`, only if it is in one of those states; with `attempt`,
+    only if the study is still at that driver attempt (a dead driver's late words are dropped). True if
+    moved."""
     values: dict[str, Any] = {"status": status.value}
     if status == StudyStatus.running:
         values["started_at"] = utcnow()
@@ -162,6 +168,8 @@ def set_status(
     stmt = update(Study).where(Study.id == study_id)
     if only_from:
         stmt = stmt.where(Study.status.in_([s.value for s in only_from]))
+    if attempt is not None:
+        stmt = stmt.where(Study.attempts == attempt)
     moved = session.execute(stmt.values(**values)).rowcount > 0
     session.commit()
     return moved

@@ -89,3 +89,32 @@ def test_describe_study_names_the_objective_and_keeps_the_study_summary(tmp_path
     assert (attrs["transched_id"], attrs["name"], attrs["n_trials"]) == ("abc", "digits", 6)
     assert attrs["methods"] == "smooth, mixup"
     assert {"target", "source", "backbone"} <= set(attrs)
+
+
+def test_a_resumed_driver_fails_left_running_trials_retries_each_config_once_and_counts_the_rest(tmp_path):
+    from optuna.trial import TrialState
+
+    from service.driver import plan_resume
+    from tests.service.conftest import add_trial
+
+    storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    assert plan_resume(storage, optuna_name="s", n_trials=8, attempt=1).remaining == 8  # never started
+    add_trial(storage, "s", method="smooth", value=0.8, t0=0.1)  # 0: kept, and TPE sees it
+    add_trial(storage, "s", method="smooth", value=None, state=TrialState.FAIL, t0=0.2)  # 1
+    add_trial(storage, "s", method="smooth", value=None, state=TrialState.RUNNING, t0=0.3)  # 2: left
+    study = optuna.load_study(study_name="s", storage=storage)
+    study.enqueue_trial({"t0": 0.2}, user_attrs={"retry_of": 1})  # 3: trial 1's retry ...
+    retry = study.ask()
+    assert retry.number == 3 and retry.user_attrs == {"retry_of": 1}  # ... left RUNNING too
+    study.enqueue_trial({"method": "finetune"})  # 4: a method point the dead driver never ran
+
+    plan = plan_resume(storage, optuna_name="s", n_trials=8, attempt=1)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL", "WAITING", "WAITING"]
+    assert trials[5].user_attrs == {"retry_of": 2} and trials[5].system_attrs["fixed_params"] == {"t0": 0.3}
+    assert plan.retried == [2]  # trial 3 was itself a retry: not run a third time
+    # Finished: 0 (COMPLETE) and 3 (a retry that failed); 1 and 2 are replaced by their retries.
+    assert (plan.remaining, plan.attempt, plan.tried) == (6, 1, {"smooth", "finetune"})
+    # A driver that died again before running anything: nothing enqueued twice.
+    again = plan_resume(storage, optuna_name="s", n_trials=8, attempt=2)
+    assert (again.remaining, again.retried, len(study.get_trials())) == (6, [], 6)
