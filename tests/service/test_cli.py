@@ -366,3 +366,18 @@ def test_cli_errors_are_one_clear_line_not_a_traceback(tmp_path):
         and text.strip()
         == "error: cannot reach the transched API at http://127.0.0.1:9: [Errno 111] Connection refused"
     )
+
+
+def test_a_queued_study_is_said_to_wait_by_submit_and_status(client, transched, tmp_path, settings):
+    settings.max_running_studies = 1
+    _study(client, name="running-one")
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"name": "waits", "n_trials": 2}))
+    code, out, _ = transched("submit", str(path))
+    assert code == 0 and "queued study " in out and "once fewer studies run than the server allows" in out
+    study_id = out.split("queued study ")[1].split()[0]
+    assert client.get(f"/studies/{study_id}").json()["status"] == "queued"
+    code, out, _ = transched("status", study_id)
+    assert code == 0 and "queued" in out
+    code, out, _ = transched("stop", study_id)
+    assert code == 0 and f"study {study_id}: stopped" in out
