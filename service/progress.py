@@ -66,7 +66,9 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.complete + self.pruned + self.failed
+        # A resumed study reruns the trials its dead driver left RUNNING (they stay FAIL): more trials end
+        # than n_trials, yet the study is done at n_trials.
+        return min(self.complete + self.pruned + self.failed, self.n_trials)
 
     @property
     def eta_s(self) -> float | None:

@@ -168,7 +168,9 @@ def stale(study: Study, timeout_s: float) -> bool:
     return (utcnow() - last).total_seconds() > timeout_s
 
 
-def stop(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> Study:
+def stop(
+    study_id: str, *, sessions: Sessions, cluster: Cluster | None, storage: BaseStorage | None = None
+) -> Study:
     """Idempotent: a running study is asked to stop (its driver ends its trials and writes `stopped`); a
     queued or pending one (no driver running yet) ends `stopped` at once; a stopping or stopped one is
     answered as it is. Only a study that completed or failed is refused."""
@@ -192,17 +194,22 @@ def stop(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> Study
         # The status is written first: a driver that starts now finds its study stopped and exits.
         if ended and study.status != StudyStatus.queued and study.ray_job_id and cluster is not None:
             cluster.stop_job(study.ray_job_id)
+        if ended and storage is not None:  # a resumed study's dead driver may have left trials RUNNING
+            repo.reap_running_trials(storage, name=study.optuna_study_name)
     return find(sessions, study_id)
 
 
 def job_logs(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> str:
     """The log of the study's driver (its Ray job), as the cluster keeps it."""
     study = find(sessions, study_id)
-    if not study.ray_job_id:
-        raise Conflict(f"study {study_id} has no Ray job ({study.status}: {study.error or 'not submitted'})")
+    no_job = Conflict(f"study {study_id} has no Ray job ({study.status}: {study.error or 'not submitted'})")
+    if not study.ray_job_id or study.status == StudyStatus.queued:  # queued: its job id is not used yet
+        raise no_job
     if cluster is None:
         raise ClusterUnavailable("the Ray cluster is not reachable")
     logs = cluster.job_logs(study.ray_job_id)
+    if logs is None and (study.error or "").startswith("submission failed"):
+        raise no_job  # stored with its job id, which the cluster refused
     if logs is None:
         raise NotFound(f"the Ray cluster has no logs of job {study.ray_job_id} (was it restarted?)")
     return logs

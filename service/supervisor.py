@@ -116,7 +116,13 @@ def _interrupted(study: Study, why: str, *, state: AppState) -> Study:
         _end(study, StudyStatus.stopped, None, state=state, only_from=(StudyStatus.stopping,))
     elif study.attempts >= state.settings.max_resumes:
         last = f"; the last driver said: {study.error}" if study.error else ""
-        reason = f"the driver died {study.attempts + 1} times, the last time because {why}{last}"
+        limit = f"TRANSCHED_MAX_RESUMES={state.settings.max_resumes}"
+        if study.attempts:
+            reason = (
+                f"the driver died {study.attempts + 1} times ({limit}), the last time because {why}{last}"
+            )
+        else:
+            reason = f"the driver died because {why} ({limit}){last}"
         _end(study, StudyStatus.failed, reason, state=state, only_from=live)
     else:
         attempt = study.attempts + 1

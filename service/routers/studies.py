@@ -127,5 +127,5 @@ def get_study(study_id: str, state: State, link: LinksDep) -> StudyOut:
 def stop(study_id: str, state: State, link: LinksDep) -> StudyOut:
     """Ask the driver to stop: running trials end, the study ends as `stopped`. Idempotent: a queued or
     pending study ends `stopped` at once; a stopping or stopped one is answered as it is."""
-    study = studies.stop(study_id, sessions=state.sessions, cluster=state.cluster)
+    study = studies.stop(study_id, sessions=state.sessions, cluster=state.cluster, storage=state.storage)
     return _overview(state, study, link)

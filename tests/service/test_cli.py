@@ -263,11 +263,15 @@ def test_submit_wait_prints_progress_lines_a_summary_and_exits_with_how_it_ended
         )
 
 
-def test_status_watch_of_a_study_the_cluster_lost_ends_failed_with_the_reason(client, transched, cluster):
+def test_status_watch_of_a_study_that_cannot_be_resumed_ends_failed_with_the_reason(
+    client, transched, cluster, settings
+):
+    settings.max_resumes = 0
     s = _study(client)
     cluster.jobs[s["ray_job_id"]] = "FAILED"
     code, out, err = transched("status", s["id"], "--watch")
-    assert code == 3 and "failed" in out and "reason: the driver's Ray job ended as FAILED" in err
+    reason = "reason: the driver died because its Ray job ended as FAILED (TRANSCHED_MAX_RESUMES=0)"
+    assert code == 3 and "failed" in out and reason in err
 
 
 def test_plain_watch_prints_a_line_on_change_and_while_quiet(client, store, settings):
@@ -340,6 +344,10 @@ def test_time_left_is_the_studys_own_pace():
     assert p.eta_s == 120.0 / 4 * 8
     assert p.times_text() == "elapsed 2m00s · left 4m00s"
     assert Progress.of({**study, "trial_counts": {}}).eta_s is None  # no pace yet
+    # A resumed study: 2 trials its dead driver left RUNNING are FAIL and ran again; done at n_trials.
+    resumed = Progress.of({**study, "status": "completed", "trial_counts": {"COMPLETE": 12, "FAIL": 2}})
+    assert resumed.done == 12 and resumed.line().startswith("completed: 12/12 trials")
+    assert Progress.of({**study, "status": "queued"}).line().endswith("| waiting for a running study to end")
     assert Progress.of({**study, "status": "completed", "finished_at": "2026-01-01T10:01:10"}).elapsed_s == 60
 
 

@@ -140,7 +140,7 @@ def test_a_second_study_waits_queued_then_runs_and_stopping_it_three_times_ends_
     other = httpx.post(f"{api}/studies", json={**second, "n_trials": 3}, headers=key, timeout=60)
     assert other.status_code == 422 and "different body" in other.json()["detail"]
     # While the first runs, the second waits with no driver: the cluster has no job of it.
-    assert httpx.get(f"{api}/studies/{b['id']}/logs", timeout=30).status_code == 404
+    assert httpx.get(f"{api}/studies/{b['id']}/logs", timeout=30).status_code == 409
     seen = []
     _wait(
         api,

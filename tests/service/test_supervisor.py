@@ -135,7 +135,8 @@ def test_after_max_resumes_the_study_fails_with_a_reason_and_no_trial_left_runni
     failed = supervisor.check(_now(state, study.id), state=state)
     assert failed.status == "failed" and failed.finished_at is not None
     assert failed.error == (
-        "the driver died 3 times, the last time because its Ray job ended as FAILED; "
+        "the driver died 3 times (TRANSCHED_MAX_RESUMES=2), the last time because its Ray job ended as "
+        "FAILED; "
         "the last driver said: the driver died: RuntimeError: boom"
     )
     assert _counts(db, study) == {"FAIL": 1} and len(cluster.submitted) == 3
@@ -200,3 +201,15 @@ def test_without_a_cluster_the_supervisor_connects_and_waits_while_none_answers(
     assert state.cluster is None
     supervisor.sweep(state)
     assert state.cluster is cluster and len(calls) == 2
+
+
+def test_stopping_a_resumed_study_before_its_new_driver_starts_ends_it_with_no_trial_left_running(
+    state, db, cluster
+):
+    study = _running(state, db)
+    cluster.jobs[study.ray_job_id] = "FAILED"
+    resumed = supervisor.check(study, state=state)
+    assert resumed.status == "pending"
+    stopped = studies.stop(study.id, sessions=state.sessions, cluster=cluster, storage=state.storage)
+    assert stopped.status == "stopped" and cluster.stopped == [resumed.ray_job_id]
+    assert _counts(db, study) == {"FAIL": 1}
