@@ -118,3 +118,50 @@ def test_a_resumed_driver_fails_left_running_trials_retries_each_config_once_and
     # A driver that died again before running anything: nothing enqueued twice.
     again = plan_resume(storage, optuna_name="s", n_trials=8, attempt=2)
     assert (again.remaining, again.retried, len(study.get_trials())) == (6, [], 6)
+
+
+def test_a_driver_that_dies_leaves_its_study_running_for_the_supervisor_and_a_stale_one_writes_nothing(
+    tmp_path,
+):
+    from service import repository as repo
+    from service.db import StudyStatus, create_schema, make_engine, make_sessionmaker
+    from service.driver import _finish
+    from tests.service.conftest import add_trial
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    engine, storage = make_engine(url), make_optuna_storage(url)
+    create_schema(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions() as s:
+        study = repo.create_study(s, name="x", spec={}, study_id="a1", ray_job_id="j")
+        assert repo.start_attempt(s, study_id="a1", attempt=0)
+    add_trial(
+        storage, study.optuna_study_name, method="smooth", value=None, state=optuna.trial.TrialState.RUNNING
+    )
+    args = {"study_id": "a1", "optuna_name": study.optuna_study_name}
+    _finish(sessions, storage, **args, final=None, message="RuntimeError: boom", attempt=0)
+    with sessions() as s:
+        row = repo.get_study(s, study_id="a1")
+        assert (row.status, row.error) == ("running", "the driver died: RuntimeError: boom")
+        # Its trials stay RUNNING: the resumed driver fails them and reruns their configs.
+        assert repo.trial_counts(s, names=[study.optuna_study_name])[study.optuna_study_name] == {
+            "RUNNING": 1
+        }
+        assert repo.claim_attempt(s, study_id="a1", attempts=0, ray_job_id="j-r1", note="resumed")
+    # The old driver's late end is not written over the new attempt's study.
+    _finish(sessions, storage, **args, final=StudyStatus.failed, message="late", attempt=0)
+    with sessions() as s:
+        assert (repo.get_study(s, study_id="a1").status, repo.get_study(s, study_id="a1").error) == (
+            "pending",
+            "resumed",
+        )
+        assert repo.start_attempt(s, study_id="a1", attempt=1) and not repo.start_attempt(
+            s, study_id="a1", attempt=0
+        )
+    _finish(sessions, storage, **args, final=StudyStatus.completed, message=None, attempt=1)
+    with sessions() as s:
+        row = repo.get_study(s, study_id="a1")
+        assert (row.status, row.error) == ("completed", None)  # the "resumed" note is done with
+        assert repo.trial_counts(s, names=[study.optuna_study_name])[study.optuna_study_name] == {"FAIL": 1}
+    engine.dispose()
+    storage.engine.dispose()
