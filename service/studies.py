@@ -125,9 +125,17 @@ def dispatch_one(
 
 
 def launch(
-    study: Study, *, sessions: Sessions, cluster: Cluster, settings: Settings, api_url: str | None = None
+    study: Study,
+    *,
+    sessions: Sessions,
+    cluster: Cluster,
+    settings: Settings,
+    api_url: str | None = None,
+    fail: bool = True,
 ) -> None:
-    """Submit the driver of the study's current attempt as its stored job id (no session is held)."""
+    """Submit the driver of the study's current attempt as its stored job id (no session is held). If
+    the cluster refuses, the study is failed (`fail`, a client's submission: it gets a 503) or left
+    pending, for the supervisor's next sweep to submit again (a resume: the cluster may just be busy)."""
     spec = StudySpec.model_validate(study.spec)
     study_url = f"{(api_url or settings.api_url).rstrip('/')}/studies/{study.id}"
     try:
@@ -141,6 +149,8 @@ def launch(
         )
     except Exception as exc:
         logger.exception("submitting study %s failed", study.id)
+        if not fail:
+            return
         with sessions() as session:
             repo.set_status(
                 session, study_id=study.id, status=StudyStatus.failed, error=f"submission failed: {exc}"

@@ -147,10 +147,9 @@ def _end(study: Study, final: StudyStatus, error: str | None, *, state: AppState
 
 
 def _launch(study: Study, state: AppState) -> None:
-    try:
-        studies.launch(study, sessions=state.sessions, cluster=state.cluster, settings=state.settings)
-    except ClusterUnavailable:
-        pass  # launch has failed the study with the cluster's answer, and logged it
+    """Submit a resumed (or never submitted) driver; a refusal is logged, and the study stays pending for
+    the next sweep to submit again as the same job."""
+    studies.launch(study, sessions=state.sessions, cluster=state.cluster, settings=state.settings, fail=False)
 
 
 def dispatch(state: AppState) -> list[str]:

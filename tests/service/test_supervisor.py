@@ -213,3 +213,14 @@ def test_stopping_a_resumed_study_before_its_new_driver_starts_ends_it_with_no_t
     stopped = studies.stop(study.id, sessions=state.sessions, cluster=cluster, storage=state.storage)
     assert stopped.status == "stopped" and cluster.stopped == [resumed.ray_job_id]
     assert _counts(db, study) == {"FAIL": 1}
+
+
+def test_a_resume_the_cluster_refuses_stays_pending_and_is_submitted_again_next_sweep(state, db, cluster):
+    study = _running(state, db)
+    cluster.jobs[study.ray_job_id] = "FAILED"
+    cluster.submit_error = RuntimeError("the job API is busy")
+    resumed = supervisor.check(study, state=state)
+    assert (resumed.status, resumed.attempts) == ("pending", 1) and resumed.ray_job_id not in cluster.jobs
+    cluster.submit_error = None
+    supervisor.sweep(state)
+    assert cluster.jobs[resumed.ray_job_id] == "PENDING" and _now(state, study.id).attempts == 1
