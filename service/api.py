@@ -36,6 +36,7 @@ from service.ray_cluster import Cluster, connect
 from service.routers import dashboard, health, logs, presets, report, studies, trials
 from service.schemas import Problem, problem_response
 from service.settings import Settings
+from service.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +121,13 @@ def create_app(
         if problem := auth.bind_problem(settings):
             raise RuntimeError(problem)
         state = AppState.open(settings, cluster=cluster, connect=connect)
+        # Resumes interrupted studies and admits queued ones, at start and periodically.
+        supervisor = Supervisor(state, settings.supervise_interval_s)
+        supervisor.start()
         try:
             yield {"app_state": state}  # each request's `request.state.app_state` (service.deps.State)
         finally:
+            supervisor.stop()
             state.close()
 
     # FastAPIOffline: /docs (Swagger UI) serves its JS and CSS from the installed package, not a CDN, so the

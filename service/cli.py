@@ -202,9 +202,16 @@ def submit(
     if as_json:
         _echo_json(created)
     else:
-        cli.out.print(
-            f"submitted study [bold]{created['id']}[/] ({created['name']}) as Ray job {created['ray_job_id']}"
-        )
+        if created["status"] == "queued":
+            cli.out.print(
+                f"queued study [bold]{created['id']}[/] ({created['name']}): it starts as Ray job "
+                f"{created['ray_job_id']} once fewer studies run than the server allows"
+            )
+        else:
+            cli.out.print(
+                f"submitted study [bold]{created['id']}[/] ({created['name']}) as Ray job "
+                f"{created['ray_job_id']}"
+            )
         if created["links"].get("dashboard"):
             cli.out.print(f"Ray dashboard: {created['links']['dashboard']}")
         if not wait:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, DateTime, Engine, String, Text, create_engine, event, make_url
+from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 if TYPE_CHECKING:
@@ -30,7 +30,8 @@ class Base(DeclarativeBase):
 
 
 class StudyStatus(enum.StrEnum):
-    pending = "pending"  # stored and submitted to Ray; the driver has not started yet
+    queued = "queued"  # stored; waits for a slot (TRANSCHED_MAX_RUNNING_STUDIES) before its driver starts
+    pending = "pending"  # admitted and submitted to Ray (or resumed); the driver has not started yet
     running = "running"
     stopping = "stopping"  # a stop was asked for; running trials are being ended
     completed = "completed"
@@ -56,6 +57,12 @@ class Study(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # Drivers started after the first one died (service.supervisor); the driver of attempt k runs job
+    # `<first job id>-r<k>` and only that driver may run the study.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # POST /studies's Idempotency-Key and the hash of the body it came with (same key, same body: same study).
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 def make_engine(

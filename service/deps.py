@@ -23,16 +23,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class AppState:
     """The engine, the Optuna storage on the same database, and the cluster client (None while no
-    cluster is reachable: studies are then refused with 503, everything else still answers)."""
+    cluster is reachable: studies are then refused with 503, everything else still answers). The
+    supervisor (service.supervisor) replaces `cluster` when it reconnects, through `connect`."""
 
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     storage: RDBStorage
     cluster: Cluster | None
+    connect: Callable[[Settings], Cluster]
 
     @classmethod
     def open(
@@ -49,7 +51,7 @@ class AppState:
         storage = optuna_storage_from(settings)
         with storage.engine.begin() as connection:  # Optuna made its tables by now
             ensure_optuna_indexes(connection)
-        return cls(settings, engine, make_sessionmaker(engine), storage, cluster)
+        return cls(settings, engine, make_sessionmaker(engine), storage, cluster, connect)
 
     def close(self) -> None:
         self.engine.dispose()

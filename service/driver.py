@@ -1,11 +1,17 @@
 """A study's driver: runs as its own Ray job, reads only the stored spec, runs Tune + OptunaSearch.
 
-    python -m service.driver STUDY_ID
+    python -m service.driver STUDY_ID [ATTEMPT]
 
 The driver moves the study pending -> running -> completed | stopped | failed. Trials still RUNNING when
 Tune's run has ended were cut by it (a stop, or the first trials all failing with an error a retry cannot
-fix): they are PRUNED. On any other way out it fails those still RUNNING (Optuna's heartbeat does not run
-under ask-and-tell).
+fix): they are PRUNED.
+
+A driver of attempt k > 0 (started by service.supervisor after one died) continues the same Optuna
+study: completed trials stay and TPE sees them; trials the dead driver left RUNNING are failed and their
+configs enqueued once more (user attr `retry_of`: the trial resumes from its last epoch checkpoint); it
+runs only the trials still missing to `n_trials`. A driver that dies of an unexpected error leaves the
+study `running` (with its error noted) for the supervisor to resume; only a study that cannot go on (no
+resources, every trial failed) ends `failed`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,12 +39,16 @@ from service.repository import (
     get_status,
     get_study,
     heartbeat,
+    reap_running_trial_numbers,
     reap_running_trials,
+    set_error,
     set_status,
+    start_attempt,
 )
 from service.reuse import COPIED_ATTRS, REUSE, REUSED_FROM, ReuseIndex, reused_result
 from service.schemas import METRIC, StudySpec
 from service.settings import Settings
+from service.studies import trial_arm
 from service.trainable import (
     DETERMINISTIC,
     EPOCH_REPORT,
@@ -311,8 +322,11 @@ def build_tuner(
     storage: Any,
     settings: Settings,
     fail_fast: EndOnDeterministicFailures | None = None,
+    plan: ResumePlan | None = None,
 ):
-    """Tune + OptunaSearch (TPE) over the study's space, writing its trials into `optuna_name`."""
+    """Tune + OptunaSearch (TPE) over the study's space, writing its trials into `optuna_name`; with a
+    resume `plan`, only the trials still missing and the method points of arms not tried yet."""
+    plan = plan or ResumePlan(remaining=spec.n_trials)
     import optuna
     from ray import tune
     from ray.tune.stopper import CombinedStopper
@@ -332,7 +346,9 @@ def build_tuner(
         space=build_space(arms),
         # Each method once before TPE chooses, so every method of the study is tried; never more points
         # than trials (Optuna would keep the rest WAITING forever).
-        points_to_evaluate=[{"method": arm} for arm in arms][: spec.n_trials] if len(arms) > 1 else None,
+        points_to_evaluate=(
+            [{"method": a} for a in arms if a not in plan.tried][: plan.remaining] if len(arms) > 1 else None
+        ),
         metric=METRIC,
         mode="max",
         sampler=sampler,
@@ -360,13 +376,13 @@ def build_tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            num_samples=spec.n_trials,
+            num_samples=plan.remaining,
             max_concurrent_trials=spec.max_concurrent_trials,
             scheduler=scheduler(es, max_epochs=spec.trainer.epochs, metric=METRIC),
             reuse_actors=True,  # measured here: 0.4 s per trial instead of 2.0 s
         ),
         run_config=tune.RunConfig(
-            name=optuna_name,
+            name=optuna_name if not plan.attempt else f"{optuna_name}-r{plan.attempt}",
             storage_path=str((settings.data_dir / "ray_results").resolve()),
             stop=CombinedStopper(StopWhenAsked(settings, study_id), fail_fast),
             # A trial whose worker or node died is rerun (on any node that fits) up to max_retries times.
@@ -377,7 +393,59 @@ def build_tuner(
     )
 
 
-def run_study(study_id: str, settings: Settings) -> StudyStatus:
+@dataclass
+class ResumePlan:
+    """What a driver runs: `remaining` trials, method points only for arms not `tried`."""
+
+    remaining: int
+    attempt: int = 0
+    tried: set[str] = field(default_factory=set)
+    retried: list[int] = field(default_factory=list)  # trials left RUNNING whose configs run again
+
+
+def plan_resume(storage: Any, *, optuna_name: str, n_trials: int, attempt: int) -> ResumePlan:
+    """Take over the Optuna study a dead driver left (a no-op for a new study).
+
+    Trials left RUNNING are marked FAIL, and each one's config is enqueued once more with user attr
+    `retry_of` (the trainable resumes it from that trial's last epoch checkpoint); a trial that was itself
+    a retry is not retried again. Finished trials: COMPLETE, PRUNED, and FAIL except a failed trial
+    whose retry is enqueued (the retry takes its place). The driver runs `n_trials` minus those; WAITING
+    (enqueued) trials are among them, taken first."""
+    import optuna
+
+    from service.repository import load_optuna_study
+
+    ot_study = load_optuna_study(storage, name=optuna_name)
+    if ot_study is None:
+        return ResumePlan(remaining=n_trials, attempt=attempt)
+    left = set(reap_running_trial_numbers(storage, name=optuna_name))
+    trials = ot_study.get_trials(deepcopy=False)
+    retried_of = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    plan = ResumePlan(remaining=0, attempt=attempt)
+    for t in trials:
+        if t.number in left and "retry_of" not in t.user_attrs and t.number not in retried_of:
+            ot_study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            retried_of.add(t.number)
+            plan.retried.append(t.number)
+    state = optuna.trial.TrialState
+    finished = [
+        t
+        for t in trials
+        if t.state in (state.COMPLETE, state.PRUNED) or (t.state == state.FAIL and t.number not in retried_of)
+    ]
+    plan.remaining = max(n_trials - len(finished), 0)
+    for t in trials:
+        fixed = t.system_attrs.get("fixed_params") or {}
+        if t.user_attrs.get("sampled") or fixed.get("method"):
+            plan.tried.add(trial_arm(t) if t.user_attrs.get("sampled") else fixed["method"])
+    logger.info(
+        "attempt %d of %s: %d finished trials kept, %d left RUNNING retried (%s), %d to run",
+        attempt, optuna_name, len(finished), len(plan.retried), plan.retried, plan.remaining,
+    )  # fmt: skip
+    return plan
+
+
+def run_study(study_id: str, settings: Settings, attempt: int = 0) -> StudyStatus:
     import ray
 
     # Small pools: a driver needs few connections, and many drivers share one PostgreSQL (see README).
@@ -390,13 +458,14 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
         raise SystemExit(f"no study {study_id} in {masked_url(settings.resolved_database_url)}")
     spec = StudySpec.model_validate(row.spec)
     optuna_name = row.optuna_study_name
-    pending, running = (StudyStatus.pending,), StudyStatus.running
-    if not with_session(sessions, db, set_status, study_id=study_id, status=running, only_from=pending):
-        logger.warning("study %s is %s, not pending: nothing to run", study_id, row.status)
+    if not with_session(sessions, db, start_attempt, study_id=study_id, attempt=attempt):
+        logger.warning("study %s is %s at attempt %d, not %d: nothing to run", study_id, row.status,
+                       row.attempts, attempt)  # fmt: skip
         return StudyStatus(row.status)
 
     storage = retrying_storage(db.call(optuna_storage_from, settings, pool_size=2, max_overflow=2), db)
-    final, message = StudyStatus.failed, "the driver ended unexpectedly"
+    final: StudyStatus | None = None
+    message: str | None = None
     try:
         ray.init(address=settings.ray_gcs_address or "auto", logging_level=logging.WARNING)
         problem = resource_problem(spec, ray.cluster_resources())
@@ -404,36 +473,64 @@ def run_study(study_id: str, settings: Settings) -> StudyStatus:
             final, message = StudyStatus.failed, problem
             logger.error("study %s cannot run: %s", study_id, problem)
             return final
-        fail_fast = EndOnDeterministicFailures(fail_fast_after(spec))
-        tuner = build_tuner(
-            spec,
-            study_id=study_id,
-            optuna_name=optuna_name,
-            storage=storage,
-            settings=settings,
-            fail_fast=fail_fast,
-        )
-        results = tuner.fit()
-        final, message = _outcome(sessions, db, study_id, results, fail_fast)
-        # Trials still RUNNING were cut by the run's end (a stop, or the failures above): not failures.
-        n = reap_running_trials(storage, name=optuna_name, state=optuna.trial.TrialState.PRUNED)
-        if n:
-            logger.info("marked %d trial(s) cut by the run's end as PRUNED", n)
-        shutil.rmtree(checkpoint_dir(settings, optuna_name), ignore_errors=True)
-        logger.info("study %s %s (%d trials): %s", study_id, final.value, len(results), message or "ok")
+        plan = plan_resume(storage, optuna_name=optuna_name, n_trials=spec.n_trials, attempt=attempt)
+        final, message = _run_tuner(spec, plan, study_id=study_id, optuna_name=optuna_name,
+                                    storage=storage, settings=settings, sessions=sessions, db=db)  # fmt: skip
         return final
     except BaseException as exc:
-        final, message = StudyStatus.failed, f"{type(exc).__name__}: {exc}"
+        message = f"{type(exc).__name__}: {exc}"[:500]
         if is_transient(exc):  # Optuna's own message would blame "invalid data in the commit"
             message = f"the database was unavailable for over {settings.db_retry_s:.0f}s: {short(exc)}"
         raise
     finally:
-        # Reap before the final status is written: whoever sees the study ended sees no RUNNING trial.
-        n = reap_running_trials(storage, name=optuna_name)
-        if n:
-            logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
-        with_session(sessions, db, set_status, study_id=study_id, status=final, error=message)
+        _finish(sessions, db, storage, study_id=study_id, optuna_name=optuna_name, final=final,
+                message=message, attempt=attempt)  # fmt: skip
         engine.dispose()
+
+
+def _run_tuner(spec: StudySpec, plan: ResumePlan, *, study_id: str, optuna_name: str, storage: Any,
+               settings: Settings, sessions: Any, db: DbRetry) -> tuple[StudyStatus, str | None]:  # fmt: skip
+    """Run the planned trials; the study's end and its message."""
+    fail_fast = EndOnDeterministicFailures(fail_fast_after(spec))
+    results: list[Any] = []
+    if plan.remaining > 0:
+        tuner = build_tuner(spec, study_id=study_id, optuna_name=optuna_name, storage=storage,
+                            settings=settings, fail_fast=fail_fast, plan=plan)  # fmt: skip
+        results = list(tuner.fit())
+    final, message = _outcome(sessions, db, study_id, results, fail_fast)
+    # Trials still RUNNING were cut by the run's end (a stop, or the failures above): not failures.
+    n = reap_running_trials(storage, name=optuna_name, state=optuna.trial.TrialState.PRUNED)
+    if n:
+        logger.info("marked %d trial(s) cut by the run's end as PRUNED", n)
+    shutil.rmtree(checkpoint_dir(settings, optuna_name), ignore_errors=True)
+    logger.info("study %s %s (%d trials): %s", study_id, final.value, len(results), message or "ok")
+    return final, message
+
+
+def _finish(sessions: Any, db: DbRetry, storage: Any, *, study_id: str, optuna_name: str,
+            final: StudyStatus | None, message: str | None, attempt: int) -> None:  # fmt: skip
+    """Write the study's end, if the study is still this driver's attempt (else a newer driver runs it).
+    A driver that died of an unexpected error (`final` None) ends a stopping study `stopped`; any other
+    it leaves `running`, its trials as they are, with the error noted, for the supervisor to resume (or
+    to fail with that note after `max_resumes`)."""
+    row = with_session(sessions, db, get_study, study_id=study_id)
+    if row is None or row.attempts != attempt:
+        logger.warning("study %s has moved on to attempt %s: its end is not ours to write", study_id,
+                       row.attempts if row else None)  # fmt: skip
+        return
+    if final is None and row.status != StudyStatus.stopping:
+        error = f"the driver died: {message}"
+        with_session(sessions, db, set_error, study_id=study_id, error=error, attempt=attempt)
+        return
+    # Reap before the final status is written: whoever sees the study ended sees no RUNNING trial.
+    n = reap_running_trials(storage, name=optuna_name)
+    if n:
+        logger.warning("marked %d trial(s) left RUNNING as FAIL", n)
+    if final is None:
+        final, message = StudyStatus.stopped, None
+    with_session(sessions, db, set_status, study_id=study_id, status=final, error=message, attempt=attempt)
+    if message is None:  # a resumed study's "resumed ..." note is done with
+        with_session(sessions, db, set_error, study_id=study_id, error=None, attempt=attempt)
 
 
 def trial_errors(results: Any) -> list[str]:
@@ -465,12 +562,12 @@ def _outcome(sessions: Any, db: DbRetry, study_id: str, results: Any, fail_fast:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m service.driver STUDY_ID", file=sys.stderr)
+    if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].isdigit()):
+        print("usage: python -m service.driver STUDY_ID [ATTEMPT]", file=sys.stderr)
         return 2
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    status = run_study(argv[0], settings)
+    status = run_study(argv[0], settings, int(argv[1]) if len(argv) == 2 else 0)
     return 0 if status in (StudyStatus.completed, StudyStatus.stopped) else 1
 
 

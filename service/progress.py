@@ -28,7 +28,13 @@ TERMINAL = tuple(s.value for s in StudyStatus if s.terminal)
 # How a watched study ended, as the command's exit status (1 is an error of the command itself, 2 a
 # usage error: click's own).
 EXIT_CODES = {"completed": 0, "failed": 3, "stopped": 4}
-STATUS_STYLE = {"completed": "green", "failed": "bold red", "stopped": "yellow", "stopping": "yellow"}
+STATUS_STYLE = {
+    "completed": "green",
+    "failed": "bold red",
+    "stopped": "yellow",
+    "stopping": "yellow",
+    "queued": "magenta",
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,9 @@ class Progress:
 
     @property
     def done(self) -> int:
-        return self.complete + self.pruned + self.failed
+        # A resumed study reruns the trials its dead driver left RUNNING (they stay FAIL): more trials end
+        # than n_trials, yet the study is done at n_trials.
+        return min(self.complete + self.pruned + self.failed, self.n_trials)
 
     @property
     def eta_s(self) -> float | None:
@@ -78,6 +86,8 @@ class Progress:
         )
 
     def best_text(self) -> str:
+        if self.status == "queued":  # waits for a slot (TRANSCHED_MAX_RUNNING_STUDIES); no driver yet
+            return "waiting for a running study to end"
         if not self.best:
             return "no finished trial yet"
         method = self.best["params"].get("method", "?")

@@ -52,7 +52,14 @@ class Cluster(Protocol):
     def resources(self) -> dict[str, float]: ...
 
     def submit_study(
-        self, *, study_id: str, spec: StudySpec, settings: Settings, study_url: str | None = None
+        self,
+        *,
+        study_id: str,
+        spec: StudySpec,
+        settings: Settings,
+        study_url: str | None = None,
+        job_id: str | None = None,
+        attempt: int = 0,
     ) -> str: ...
 
     def job_status(self, job_id: str) -> str | None: ...
@@ -95,9 +102,18 @@ class RayCluster:
         return {name: float(used_total[1]) for name, used_total in usage.items()}
 
     def submit_study(
-        self, *, study_id: str, spec: StudySpec, settings: Settings, study_url: str | None = None
+        self,
+        *,
+        study_id: str,
+        spec: StudySpec,
+        settings: Settings,
+        study_url: str | None = None,
+        job_id: str | None = None,
+        attempt: int = 0,
     ) -> str:
-        """Submit the study's driver as a Ray job named after the study (see `job_submission_id`)."""
+        """Submit the study's driver (of resume attempt `attempt`) as the Ray job `job_id` (default named
+        after the study, see `job_submission_id`). A job id the cluster already has counts as submitted:
+        submitting again after a crash, or from two API processes, starts one driver."""
         python = sys.executable if self.local else settings.driver_python
         env = {
             **TUNE_ENV,
@@ -108,13 +124,20 @@ class RayCluster:
         }
         if self.gcs_address:
             env["TRANSCHED_RAY_GCS_ADDRESS"] = self.gcs_address
-        job_id = self.client().submit_job(
-            entrypoint=f"{python} -m service.driver {study_id}",
-            submission_id=job_submission_id(study_id, spec.name),
-            runtime_env={"env_vars": env},
-            metadata=job_metadata(study_id, spec, study_url),
-        )
-        logger.info("submitted study %s as Ray job %s", study_id, job_id)
+        job_id = job_id or job_submission_id(study_id, spec.name)
+        try:
+            self.client().submit_job(
+                entrypoint=f"{python} -m service.driver {study_id} {attempt}",
+                submission_id=job_id,
+                runtime_env={"env_vars": env},
+                metadata=job_metadata(study_id, spec, study_url),
+            )
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):
+                raise
+            logger.info("Ray job %s of study %s was already submitted", job_id, study_id)
+            return job_id
+        logger.info("submitted study %s (attempt %d) as Ray job %s", study_id, attempt, job_id)
         return job_id
 
     def job_status(self, job_id: str) -> str | None:
@@ -183,11 +206,13 @@ def masked_url(url: str) -> str:
 HEAD_ENV_SECRETS = ("TRANSCHED_DATABASE_URL", "TRANSCHED_API_TOKEN")
 
 
-def job_submission_id(study_id: str, name: str) -> str:
+def job_submission_id(study_id: str, name: str, attempt: int = 0) -> str:
     """The Ray job of a study: `transched-<name as a slug>-<id>`, so the dashboard's Jobs table and
-    `ray job list` say which study a job runs; the id keeps it unique."""
+    `ray job list` say which study a job runs; the id keeps it unique. A resumed study's driver of
+    attempt k runs as `<that>-r<k>`: deterministic, so a submission repeated after a crash is one job."""
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
-    return f"transched-{slug}-{study_id}" if slug else f"transched-{study_id}"
+    base = f"transched-{slug}-{study_id}" if slug else f"transched-{study_id}"
+    return f"{base}-r{attempt}" if attempt else base
 
 
 def job_metadata(study_id: str, spec: StudySpec, study_url: str | None) -> dict[str, str]:

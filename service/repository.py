@@ -30,22 +30,126 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.db import Study, StudyStatus, utcnow
 
+# The states in which a study holds (or is about to hold) a driver: what the admission limit counts.
+ACTIVE = (StudyStatus.pending, StudyStatus.running, StudyStatus.stopping)
+LIVE = (StudyStatus.queued, *ACTIVE)
 
-def create_study(session: Session, *, name: str, spec: dict[str, Any], study_id: str) -> Study:
+
+def create_study(
+    session: Session,
+    *,
+    name: str,
+    spec: dict[str, Any],
+    study_id: str,
+    ray_job_id: str | None = None,
+    status: StudyStatus = StudyStatus.pending,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> Study:
+    """Insert the study in one transaction, with its final Ray job id: no study is ever stored without
+    the job that runs it. An idempotency key already stored raises IntegrityError."""
     study = Study(
         id=study_id,
         name=name,
         spec=spec,
-        status=StudyStatus.pending.value,
+        status=status.value,
         optuna_study_name=f"transched-{study_id}",
+        ray_job_id=ray_job_id,
+        attempts=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
     )
     session.add(study)
     session.commit()
     return study
+
+
+def get_by_idempotency_key(session: Session, *, key: str) -> Study | None:
+    return session.scalar(select(Study).where(Study.idempotency_key == key))
+
+
+def admit(session: Session, *, study_id: str, limit: int) -> bool:
+    """queued -> pending if fewer than `limit` studies hold a driver; True if admitted. One conditional
+    UPDATE, so two API processes admitting at once do not both take the last slot on SQLite (writes are
+    serialised); on PostgreSQL two concurrent admissions may overshoot the limit by one."""
+    other = aliased(Study)
+    active = (
+        select(func.count())
+        .select_from(other)
+        .where(other.status.in_([s.value for s in ACTIVE]))
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Study)
+        .where(Study.id == study_id, Study.status == StudyStatus.queued.value, active < limit)
+        .values(status=StudyStatus.pending.value)
+        .execution_options(synchronize_session=False)
+    )
+    admitted = session.execute(stmt).rowcount > 0
+    session.commit()
+    return admitted
+
+
+def studies_in(session: Session, *, states: Sequence[StudyStatus]) -> list[Study]:
+    """Studies in these states, oldest first (the queue's order)."""
+    stmt = select(Study).where(Study.status.in_([s.value for s in states]))
+    return list(session.scalars(stmt.order_by(Study.created_at, Study.id)))
+
+
+def claim_attempt(session: Session, *, study_id: str, attempts: int, ray_job_id: str, note: str) -> bool:
+    """Take the study for a new driver: pending again, attempt `attempts + 1`, its new job id. Only if no
+    one else took it since it was read as at attempt `attempts` (another API process, a request)."""
+    stmt = (
+        update(Study)
+        .where(
+            Study.id == study_id,
+            Study.attempts == attempts,
+            Study.status.in_([StudyStatus.pending.value, StudyStatus.running.value]),
+        )
+        .values(
+            status=StudyStatus.pending.value,
+            attempts=attempts + 1,
+            ray_job_id=ray_job_id,
+            error=note,
+            heartbeat_at=utcnow(),
+        )
+    )
+    claimed = session.execute(stmt).rowcount > 0
+    session.commit()
+    return claimed
+
+
+def start_attempt(session: Session, *, study_id: str, attempt: int) -> bool:
+    """The driver of attempt `attempt` takes the study (pending or running -> running); False if the study
+    ended, is stopping, or belongs to a newer attempt: that driver must not run."""
+    stmt = (
+        update(Study)
+        .where(
+            Study.id == study_id,
+            Study.attempts == attempt,
+            Study.status.in_([StudyStatus.pending.value, StudyStatus.running.value]),
+        )
+        .values(
+            status=StudyStatus.running.value,
+            started_at=func.coalesce(Study.started_at, utcnow()),
+            heartbeat_at=utcnow(),
+        )
+    )
+    started = session.execute(stmt).rowcount > 0
+    session.commit()
+    return started
+
+
+def set_error(session: Session, *, study_id: str, error: str | None, attempt: int | None = None) -> None:
+    stmt = update(Study).where(Study.id == study_id)
+    if attempt is not None:
+        stmt = stmt.where(Study.attempts == attempt)
+    session.execute(stmt.values(error=error))
+    session.commit()
 
 
 def get_study(session: Session, *, study_id: str) -> Study | None:
@@ -72,8 +176,11 @@ def set_status(
     status: StudyStatus,
     error: str | None = None,
     only_from: tuple | None = None,
+    attempt: int | None = None,
 ) -> bool:
-    """Move a study to `status`; with `only_from`, only if it is in one of those states. True if moved."""
+    """Move a study to `status`; with `only_from`, only if it is in one of those states; with `attempt`,
+    only if the study is still at that driver attempt (a dead driver's late words are dropped). True if
+    moved."""
     values: dict[str, Any] = {"status": status.value}
     if status == StudyStatus.running:
         values["started_at"] = utcnow()
@@ -84,6 +191,8 @@ def set_status(
     stmt = update(Study).where(Study.id == study_id)
     if only_from:
         stmt = stmt.where(Study.status.in_([s.value for s in only_from]))
+    if attempt is not None:
+        stmt = stmt.where(Study.attempts == attempt)
     moved = session.execute(stmt.values(**values)).rowcount > 0
     session.commit()
     return moved
@@ -119,20 +228,30 @@ def reap_running_trials(
 ) -> int:
     """Mark RUNNING trials FAIL (or `state`: PRUNED for those a stop cut). Optuna's heartbeat does not run
     under ask-and-tell (OptunaSearch), so trials of a driver that ended or died would stay RUNNING forever
-    otherwise."""
+    otherwise. How many."""
+    return len(reap_running_trial_numbers(storage, name=name, state=state))
+
+
+def reap_running_trial_numbers(
+    storage: optuna.storages.BaseStorage,
+    *,
+    name: str,
+    state: optuna.trial.TrialState = optuna.trial.TrialState.FAIL,
+) -> list[int]:
+    """`reap_running_trials`, answering the numbers of the trials it marked."""
     try:
         study_id = storage.get_study_id_from_name(name)
     except KeyError:  # the driver never created it
-        return 0
-    n = 0
+        return []
+    reaped = []
     for t in storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         try:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
             storage.set_trial_state_values(trial_id, state)
-            n += 1
+            reaped.append(t.number)
         except RuntimeError:  # finished between our read and write
             pass
-    return n
+    return reaped
 
 
 def epoch_history(trial: optuna.trial.FrozenTrial) -> list[dict[str, Any]]:

@@ -47,9 +47,15 @@ class Settings(BaseSettings):
     # own (`ray_transched_trial_*`, see service/trainable.py); the dashboard's Metrics view reads it too.
     ray_metrics_export_port: int = 8266
     ray_num_cpus: int | None = Field(default=None, description="CPUs the local head offers; default all")
-    # A running study whose driver has written no heartbeat for this long, and whose Ray job the cluster
-    # no longer knows, is marked failed.
+    # A running study whose driver has written no heartbeat for this long is taken for interrupted and
+    # resumed (its Ray job is stopped first if the cluster still says it runs).
     driver_timeout_s: float = 300.0
+    # Studies whose drivers may run at once (pending, running or stopping); more wait as `queued`.
+    max_running_studies: int = Field(default=4, ge=1)
+    # How often the API's supervisor looks for interrupted studies and queued ones (0: never, tests).
+    supervise_interval_s: float = 10.0
+    # Drivers started again for a study whose driver died, before it is failed.
+    max_resumes: int = Field(default=3, ge=0)
     sqlite_busy_timeout_ms: int = 30_000
     db_pool_size: int = 5
     db_max_overflow: int = 5

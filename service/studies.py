@@ -1,4 +1,4 @@
-"""The study domain: submit, reconcile, stop, read, and the best trial and its config.
+"""The study domain: submit (and admit), stop, read, and the best trial and its config.
 
 Handlers in `service.routers` are a few lines over these functions. Nothing here knows HTTP: a refusal
 is a `service.errors` exception, turned into a response in one place (`service.api`). No database
@@ -7,6 +7,8 @@ session is open while Ray is asked anything: a slow or dead cluster never pins a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import uuid
@@ -16,13 +18,14 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from search_spaces import arm_name, parse_arm
 from service import repository as repo
 from service.db import Study, StudyStatus, utcnow
 from service.errors import ClusterUnavailable, Conflict, InvalidForStudy, NotFound
-from service.ray_cluster import Cluster, resource_problem
+from service.ray_cluster import Cluster, job_submission_id, resource_problem
 from service.schemas import (
     BestConfig,
     BestSoFar,
@@ -46,10 +49,23 @@ TrialFilter = Callable[[FrozenTrial], bool]
 
 
 def submit(
-    spec: StudySpec, *, sessions: Sessions, cluster: Cluster, settings: Settings, api_url: str | None = None
+    spec: StudySpec,
+    *,
+    sessions: Sessions,
+    cluster: Cluster,
+    settings: Settings,
+    api_url: str | None = None,
+    idempotency_key: str | None = None,
 ) -> Study:
-    """Store the study, then submit its driver to Ray as a job; a study Ray refused is kept, as failed.
-    `api_url` (the URL the client called; default the configured one) gives the job its link back."""
+    """Store the study (queued, with its final job id, in one transaction), then admit it and submit its
+    driver to Ray if fewer than `max_running_studies` run; else it waits, queued, for the supervisor.
+    A study Ray refused is kept, as failed. With `idempotency_key`, a repeated request with the same body
+    returns the study the first one made. `api_url` (the URL the client called) gives the job its link."""
+    body_hash = request_hash(spec)
+    if idempotency_key is not None:
+        earlier = _replay(sessions, idempotency_key, body_hash)
+        if earlier is not None:
+            return earlier
     try:
         problem = resource_problem(spec, cluster.resources(), gpus_only=True)
     except Exception:  # the status API is best effort; the driver checks again with Ray's own view
@@ -61,25 +77,91 @@ def submit(
     spec = spec.with_paths_under(settings.data_dir)
     if outside := spec.paths_outside([settings.data_dir, *settings.allowed_data_dirs]):
         raise InvalidForStudy("; ".join(outside))  # before anything is stored
-    with sessions() as session:
-        stored = spec.model_dump(mode="json")
-        study = repo.create_study(session, name=spec.name, spec=stored, study_id=study_id)
     try:
-        study_url = f"{(api_url or settings.api_url).rstrip('/')}/studies/{study_id}"
-        job_id = cluster.submit_study(study_id=study_id, spec=spec, settings=settings, study_url=study_url)
+        with sessions() as session:
+            study = repo.create_study(
+                session,
+                name=spec.name,
+                spec=spec.model_dump(mode="json"),
+                study_id=study_id,
+                ray_job_id=job_submission_id(study_id, spec.name),
+                status=StudyStatus.queued,
+                idempotency_key=idempotency_key,
+                request_hash=body_hash if idempotency_key else None,
+            )
+    except IntegrityError:  # the same key, sent at the same moment by another request
+        earlier = _replay(sessions, idempotency_key or "", body_hash)
+        if earlier is None:
+            raise
+        return earlier
+    if dispatch_one(study, sessions=sessions, cluster=cluster, settings=settings, api_url=api_url):
+        return find(sessions, study_id)
+    return study
+
+
+def request_hash(spec: StudySpec) -> str:
+    """The body a study was asked with, as a hash: the validated spec, so key order and defaults given or
+    left out do not make two requests differ."""
+    body = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _replay(sessions: Sessions, key: str, body_hash: str) -> Study | None:
+    with sessions() as session:
+        earlier = repo.get_by_idempotency_key(session, key=key)
+    if earlier is not None and earlier.request_hash != body_hash:
+        raise InvalidForStudy(
+            f"Idempotency-Key {key!r} was already used for study {earlier.id} with a different body"
+        )
+    return earlier
+
+
+def dispatch_one(
+    study: Study, *, sessions: Sessions, cluster: Cluster, settings: Settings, api_url: str | None = None
+) -> bool:
+    """Admit a queued study if a slot is free and submit its driver; True if admitted. A submission Ray
+    refuses fails the study (503 to the client that asked)."""
+    with sessions() as session:
+        if not repo.admit(session, study_id=study.id, limit=settings.max_running_studies):
+            return False
+    launch(study, sessions=sessions, cluster=cluster, settings=settings, api_url=api_url)
+    return True
+
+
+def launch(
+    study: Study,
+    *,
+    sessions: Sessions,
+    cluster: Cluster,
+    settings: Settings,
+    api_url: str | None = None,
+    fail: bool = True,
+) -> None:
+    """Submit the driver of the study's current attempt as its stored job id (no session is held). If
+    the cluster refuses, the study is failed (`fail`, a client's submission: it gets a 503) or left
+    pending, for the supervisor's next sweep to submit again (a resume: the cluster may just be busy)."""
+    spec = StudySpec.model_validate(study.spec)
+    study_url = f"{(api_url or settings.api_url).rstrip('/')}/studies/{study.id}"
+    try:
+        cluster.submit_study(
+            study_id=study.id,
+            spec=spec,
+            settings=settings,
+            study_url=study_url,
+            job_id=study.ray_job_id,
+            attempt=study.attempts,
+        )
     except Exception as exc:
-        logger.exception("submitting study %s failed", study_id)
+        logger.exception("submitting study %s failed", study.id)
+        if not fail:
+            return
         with sessions() as session:
             repo.set_status(
-                session, study_id=study_id, status=StudyStatus.failed, error=f"submission failed: {exc}"
+                session, study_id=study.id, status=StudyStatus.failed, error=f"submission failed: {exc}"
             )
         raise ClusterUnavailable(
-            f"could not submit study {study_id} to Ray (it is kept, as failed): {exc}"
+            f"could not submit study {study.id} to Ray (it is kept, as failed): {exc}"
         ) from exc
-    with sessions() as session:
-        repo.set_job(session, study_id=study_id, ray_job_id=job_id)
-    study.ray_job_id = job_id
-    return study
 
 
 def find(sessions: Sessions, study_id: str) -> Study:
@@ -92,32 +174,8 @@ def find(sessions: Sessions, study_id: str) -> Study:
     return study
 
 
-def reconcile(
-    study: Study, *, sessions: Sessions, storage: BaseStorage, cluster: Cluster | None, timeout_s: float
-) -> Study:
-    """A study whose driver ended without saying so is marked failed or stopped, and its RUNNING trials
-    are failed: nothing stays 'running' forever. The driver's end is known from its Ray job's status,
-    or, when the cluster no longer knows the job (restarted, lost), from a heartbeat gone stale."""
-    if StudyStatus(study.status).terminal:
-        return study
-    job = cluster.job_status(study.ray_job_id) if cluster is not None and study.ray_job_id else None
-    if job in ("FAILED", "STOPPED", "SUCCEEDED"):
-        final = StudyStatus.stopped if job == "STOPPED" else StudyStatus.failed
-        error = None if final == StudyStatus.stopped else f"the driver's Ray job ended as {job}"
-    elif job is None and study.status != StudyStatus.pending and _stale(study, timeout_s):
-        final = StudyStatus.failed
-        error = f"the driver stopped reporting (no heartbeat for over {timeout_s:.0f}s)"
-    else:
-        return study
-    live = (StudyStatus.pending, StudyStatus.running, StudyStatus.stopping)
-    with sessions() as session:
-        moved = repo.set_status(session, study_id=study.id, status=final, error=error, only_from=live)
-    if moved:  # else the driver wrote its own end meanwhile
-        repo.reap_running_trials(storage, name=study.optuna_study_name)
-    return find(sessions, study.id)
-
-
-def _stale(study: Study, timeout_s: float) -> bool:
+def stale(study: Study, timeout_s: float) -> bool:
+    """No heartbeat from the study's driver for over `timeout_s` (its start counts as one)."""
     last = study.heartbeat_at or study.started_at
     if last is None:
         return False
@@ -126,34 +184,48 @@ def _stale(study: Study, timeout_s: float) -> bool:
     return (utcnow() - last).total_seconds() > timeout_s
 
 
-def stop(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> Study:
-    """Ask the driver to stop (running -> stopping); a study whose driver has not started yet (pending)
-    has its Ray job stopped outright and ends as stopped."""
+def stop(
+    study_id: str, *, sessions: Sessions, cluster: Cluster | None, storage: BaseStorage | None = None
+) -> Study:
+    """Idempotent: a running study is asked to stop (its driver ends its trials and writes `stopped`); a
+    queued or pending one (no driver running yet) ends `stopped` at once; a stopping or stopped one is
+    answered as it is. Only a study that completed or failed is refused."""
     study = find(sessions, study_id)
+    if study.status == StudyStatus.stopped:
+        return study
     if StudyStatus(study.status).terminal:
         raise Conflict(f"study {study_id} has already ended ({study.status})")
     with sessions() as session:
-        moved = repo.set_status(
+        asked = repo.set_status(
             session, study_id=study_id, status=StudyStatus.stopping, only_from=(StudyStatus.running,)
         )
-    if not moved:
-        if study.ray_job_id and cluster is not None:
-            cluster.stop_job(study.ray_job_id)
+    if not asked:  # queued, pending or already stopping: never kill the driver of a stopping study
         with sessions() as session:
-            repo.set_status(
-                session, study_id=study_id, status=StudyStatus.stopped, only_from=(StudyStatus.pending,)
+            ended = repo.set_status(
+                session,
+                study_id=study_id,
+                status=StudyStatus.stopped,
+                only_from=(StudyStatus.queued, StudyStatus.pending),
             )
+        # The status is written first: a driver that starts now finds its study stopped and exits.
+        if ended and study.status != StudyStatus.queued and study.ray_job_id and cluster is not None:
+            cluster.stop_job(study.ray_job_id)
+        if ended and storage is not None:  # a resumed study's dead driver may have left trials RUNNING
+            repo.reap_running_trials(storage, name=study.optuna_study_name)
     return find(sessions, study_id)
 
 
 def job_logs(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> str:
     """The log of the study's driver (its Ray job), as the cluster keeps it."""
     study = find(sessions, study_id)
-    if not study.ray_job_id:
-        raise Conflict(f"study {study_id} has no Ray job ({study.status}: {study.error or 'not submitted'})")
+    no_job = Conflict(f"study {study_id} has no Ray job ({study.status}: {study.error or 'not submitted'})")
+    if not study.ray_job_id or study.status == StudyStatus.queued:  # queued: its job id is not used yet
+        raise no_job
     if cluster is None:
         raise ClusterUnavailable("the Ray cluster is not reachable")
     logs = cluster.job_logs(study.ray_job_id)
+    if logs is None and (study.error or "").startswith("submission failed"):
+        raise no_job  # stored with its job id, which the cluster refused
     if logs is None:
         raise NotFound(f"the Ray cluster has no logs of job {study.ray_job_id} (was it restarted?)")
     return logs
@@ -251,10 +323,14 @@ def study_page(
     offset: int,
     limit: int,
     links: Callable[[str, str | None], Links],
+    check: Callable[[Study], Study] | None = None,
 ) -> StudyPage:
-    """A page of studies, newest first, each with its trial counts and best trial so far."""
+    """A page of studies, newest first, each with its trial counts and best trial so far; `check` (the
+    supervisor's) settles each live study against its driver first."""
     with sessions() as session:
         rows, total = repo.list_studies(session, offset=offset, limit=limit)
+    if check is not None:
+        rows = [row if StudyStatus(row.status).terminal else check(row) for row in rows]
     items = overviews(rows, sessions=sessions, storage=storage, links=links)
     return StudyPage(items=items, total=total, offset=offset, limit=limit)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 
-from service import studies
+from service import studies, supervisor
 from service.db import Study
 from service.deps import ClusterDep, State
 from service.schemas import Links, Problem, StudyCreated, StudyOut, StudyPage, StudySpec
@@ -52,15 +52,42 @@ def _overview(state: State, study: Study, link: Callable[[str, str | None], Link
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={422: {"description": "invalid study spec; nothing is stored"}, **RAY_DOWN},
+    responses={
+        422: {
+            "model": Problem,
+            "description": "invalid study spec (nothing is stored), or an Idempotency-Key already used "
+            "with a different body",
+        },
+        **RAY_DOWN,
+    },
 )
 def create_study(
-    spec: StudySpec, request: Request, state: State, cluster: ClusterDep, link: LinksDep
+    spec: StudySpec,
+    request: Request,
+    state: State,
+    cluster: ClusterDep,
+    link: LinksDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="Any unique string: the same key with the same body returns the study the first "
+            "request made (no second study); with a different body it is a 422.",
+        ),
+    ] = None,
 ) -> StudyCreated:
-    """Store the study and submit its driver to Ray as a job; 202: it runs in the background."""
+    """Store the study and submit its driver to Ray as a job (202: it runs in the background), or queue
+    it (`queued`) while `max_running_studies` studies run."""
     api_url = str(request.base_url).rstrip("/")
     study = studies.submit(
-        spec, sessions=state.sessions, cluster=cluster, settings=state.settings, api_url=api_url
+        spec,
+        sessions=state.sessions,
+        cluster=cluster,
+        settings=state.settings,
+        api_url=api_url,
+        idempotency_key=idempotency_key,
     )
     return StudyCreated(
         id=study.id,
@@ -79,31 +106,32 @@ def list_studies(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # past the data: an empty page
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> StudyPage:
-    """Studies, newest first, each with its trial counts and best trial so far."""
+    """Studies, newest first, each with its trial counts and best trial so far; a study whose driver died
+    is resumed (or ended) before it is shown."""
     return studies.study_page(
-        sessions=state.sessions, storage=state.storage, offset=offset, limit=limit, links=link
+        sessions=state.sessions,
+        storage=state.storage,
+        offset=offset,
+        limit=limit,
+        links=link,
+        check=lambda study: supervisor.check(study, state=state),
     )
 
 
 @router.get("/{study_id}", responses=NOT_FOUND)
 def get_study(study_id: str, state: State, link: LinksDep) -> StudyOut:
     """Status, trial counts by state, the best trial so far, and the Optuna study's name."""
-    study = studies.reconcile(
-        studies.find(state.sessions, study_id),
-        sessions=state.sessions,
-        storage=state.storage,
-        cluster=state.cluster,
-        timeout_s=state.settings.driver_timeout_s,
-    )
+    study = supervisor.check(studies.find(state.sessions, study_id), state=state)
     return _overview(state, study, link)
 
 
 @router.post(
     "/{study_id}/stop",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**NOT_FOUND, 409: {"model": Problem, "description": "the study has already ended"}},
+    responses={**NOT_FOUND, 409: {"model": Problem, "description": "the study already completed or failed"}},
 )
 def stop(study_id: str, state: State, link: LinksDep) -> StudyOut:
-    """Ask the driver to stop: running trials end, the study ends as `stopped`."""
-    study = studies.stop(study_id, sessions=state.sessions, cluster=state.cluster)
+    """Ask the driver to stop: running trials end, the study ends as `stopped`. Idempotent: a queued or
+    pending study ends `stopped` at once; a stopping or stopped one is answered as it is."""
+    study = studies.stop(study_id, sessions=state.sessions, cluster=state.cluster, storage=state.storage)
     return _overview(state, study, link)

@@ -37,27 +37,41 @@ class FakeCluster:
         self.stopped: list[str] = []
         self.logs: dict[str, str] = {}
         self.submitted: dict[str, dict[str, str]] = {}  # job id -> its metadata
+        self.attempts: dict[str, int] = {}  # job id -> the driver attempt it runs
+        self.reachable = True  # False: every call fails, as an unreachable dashboard's would
         self.submit_error: Exception | None = None
         self.before_call: Callable[[str], None] = lambda name: None
 
     def resources(self) -> dict[str, float]:
         self.before_call("resources")
+        if not self.reachable:
+            raise ConnectionError("the fake cluster is unreachable")
         return dict(self.cluster_resources)
 
     def submit_study(
-        self, *, study_id: str, spec: StudySpec, settings: Settings, study_url: str | None = None
+        self,
+        *,
+        study_id: str,
+        spec: StudySpec,
+        settings: Settings,
+        study_url: str | None = None,
+        job_id: str | None = None,
+        attempt: int = 0,
     ) -> str:
         self.before_call("submit_study")
         if self.submit_error is not None:
             raise self.submit_error
-        job_id = job_submission_id(study_id, spec.name)
+        job_id = job_id or job_submission_id(study_id, spec.name)
+        if job_id in self.jobs:  # as Ray's job API: the id exists, and the service takes that as submitted
+            return job_id
         self.submitted[job_id] = job_metadata(study_id, spec, study_url)
+        self.attempts[job_id] = attempt
         self.jobs[job_id] = "PENDING"
         return job_id
 
     def job_status(self, job_id: str) -> str | None:
         self.before_call("job_status")
-        return self.jobs.get(job_id)
+        return self.jobs.get(job_id) if self.reachable else None
 
     def stop_job(self, job_id: str) -> bool:
         self.before_call("stop_job")
@@ -89,7 +103,10 @@ def migrated_sqlite(tmp_path_factory) -> Path:
 def settings(tmp_path, migrated_sqlite) -> Settings:
     for db_file in migrated_sqlite.glob("transched.db*"):  # the database, and a WAL file if one is left
         shutil.copy(db_file, tmp_path / db_file.name)
-    return Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'transched.db'}")
+    # No supervisor thread: the tests call service.supervisor.sweep themselves, when they mean to.
+    return Settings(
+        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'transched.db'}", supervise_interval_s=0
+    )
 
 
 @pytest.fixture

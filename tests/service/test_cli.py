@@ -118,18 +118,25 @@ def test_best_per_method_to_a_file_and_an_unknown_method_is_one_line(client, sto
     ]
 
 
-def test_stop_a_running_study_then_stopping_it_again_is_an_error(client, store, transched, cluster):
+def test_stop_a_running_study_then_stopping_it_again_is_fine_and_an_ended_one_an_error(
+    client, store, transched, cluster
+):
     s = _study(client)
     store.set_status(s["id"], "running")
     code, out, _ = transched("stop", s["id"])
     assert code == 0 and f"study {s['id']}: stopping" in out
+    code, out, _ = transched("stop", s["id"])  # again: still stopping, its driver left alone
+    assert code == 0 and f"study {s['id']}: stopping" in out and cluster.stopped == []
     pending = _study(client)
     code, out, _ = transched("stop", pending["id"])
     assert (
         code == 0 and f"study {pending['id']}: stopped" in out and cluster.stopped == [pending["ray_job_id"]]
     )
-    code, _, err = transched("stop", pending["id"])
-    assert code == 1 and "has already ended (stopped) (HTTP 409)" in err and "Traceback" not in err
+    code, out, _ = transched("stop", pending["id"])
+    assert code == 0 and f"study {pending['id']}: stopped" in out
+    store.set_status(s["id"], "completed")
+    code, _, err = transched("stop", s["id"])
+    assert code == 1 and "has already ended (completed) (HTTP 409)" in err and "Traceback" not in err
 
 
 def test_logs_are_the_drivers_ray_job_log(client, transched, cluster):
@@ -256,11 +263,15 @@ def test_submit_wait_prints_progress_lines_a_summary_and_exits_with_how_it_ended
         )
 
 
-def test_status_watch_of_a_study_the_cluster_lost_ends_failed_with_the_reason(client, transched, cluster):
+def test_status_watch_of_a_study_that_cannot_be_resumed_ends_failed_with_the_reason(
+    client, transched, cluster, settings
+):
+    settings.max_resumes = 0
     s = _study(client)
     cluster.jobs[s["ray_job_id"]] = "FAILED"
     code, out, err = transched("status", s["id"], "--watch")
-    assert code == 3 and "failed" in out and "reason: the driver's Ray job ended as FAILED" in err
+    reason = "reason: the driver died because its Ray job ended as FAILED (TRANSCHED_MAX_RESUMES=0)"
+    assert code == 3 and "failed" in out and reason in err
 
 
 def test_plain_watch_prints_a_line_on_change_and_while_quiet(client, store, settings):
@@ -333,6 +344,10 @@ def test_time_left_is_the_studys_own_pace():
     assert p.eta_s == 120.0 / 4 * 8
     assert p.times_text() == "elapsed 2m00s · left 4m00s"
     assert Progress.of({**study, "trial_counts": {}}).eta_s is None  # no pace yet
+    # A resumed study: 2 trials its dead driver left RUNNING are FAIL and ran again; done at n_trials.
+    resumed = Progress.of({**study, "status": "completed", "trial_counts": {"COMPLETE": 12, "FAIL": 2}})
+    assert resumed.done == 12 and resumed.line().startswith("completed: 12/12 trials")
+    assert Progress.of({**study, "status": "queued"}).line().endswith("| waiting for a running study to end")
     assert Progress.of({**study, "status": "completed", "finished_at": "2026-01-01T10:01:10"}).elapsed_s == 60
 
 
@@ -359,3 +374,18 @@ def test_cli_errors_are_one_clear_line_not_a_traceback(tmp_path):
         and text.strip()
         == "error: cannot reach the transched API at http://127.0.0.1:9: [Errno 111] Connection refused"
     )
+
+
+def test_a_queued_study_is_said_to_wait_by_submit_and_status(client, transched, tmp_path, settings):
+    settings.max_running_studies = 1
+    _study(client, name="running-one")
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps({"name": "waits", "n_trials": 2}))
+    code, out, _ = transched("submit", str(path))
+    assert code == 0 and "queued study " in out and "once fewer studies run than the server allows" in out
+    study_id = out.split("queued study ")[1].split()[0]
+    assert client.get(f"/studies/{study_id}").json()["status"] == "queued"
+    code, out, _ = transched("status", study_id)
+    assert code == 0 and "queued" in out
+    code, out, _ = transched("stop", study_id)
+    assert code == 0 and f"study {study_id}: stopped" in out

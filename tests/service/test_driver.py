@@ -89,3 +89,79 @@ def test_describe_study_names_the_objective_and_keeps_the_study_summary(tmp_path
     assert (attrs["transched_id"], attrs["name"], attrs["n_trials"]) == ("abc", "digits", 6)
     assert attrs["methods"] == "smooth, mixup"
     assert {"target", "source", "backbone"} <= set(attrs)
+
+
+def test_a_resumed_driver_fails_left_running_trials_retries_each_config_once_and_counts_the_rest(tmp_path):
+    from optuna.trial import TrialState
+
+    from service.driver import plan_resume
+    from tests.service.conftest import add_trial
+
+    storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    assert plan_resume(storage, optuna_name="s", n_trials=8, attempt=1).remaining == 8  # never started
+    add_trial(storage, "s", method="smooth", value=0.8, t0=0.1)  # 0: kept, and TPE sees it
+    add_trial(storage, "s", method="smooth", value=None, state=TrialState.FAIL, t0=0.2)  # 1
+    add_trial(storage, "s", method="smooth", value=None, state=TrialState.RUNNING, t0=0.3)  # 2: left
+    study = optuna.load_study(study_name="s", storage=storage)
+    study.enqueue_trial({"t0": 0.2}, user_attrs={"retry_of": 1})  # 3: trial 1's retry ...
+    retry = study.ask()
+    assert retry.number == 3 and retry.user_attrs == {"retry_of": 1}  # ... left RUNNING too
+    study.enqueue_trial({"method": "finetune"})  # 4: a method point the dead driver never ran
+
+    plan = plan_resume(storage, optuna_name="s", n_trials=8, attempt=1)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL", "WAITING", "WAITING"]
+    assert trials[5].user_attrs == {"retry_of": 2} and trials[5].system_attrs["fixed_params"] == {"t0": 0.3}
+    assert plan.retried == [2]  # trial 3 was itself a retry: not run a third time
+    # Finished: 0 (COMPLETE) and 3 (a retry that failed); 1 and 2 are replaced by their retries.
+    assert (plan.remaining, plan.attempt, plan.tried) == (6, 1, {"smooth", "finetune"})
+    # A driver that died again before running anything: nothing enqueued twice.
+    again = plan_resume(storage, optuna_name="s", n_trials=8, attempt=2)
+    assert (again.remaining, again.retried, len(study.get_trials())) == (6, [], 6)
+
+
+def test_a_driver_that_dies_leaves_its_study_running_for_the_supervisor_and_a_stale_one_writes_nothing(
+    tmp_path,
+):
+    from service import repository as repo
+    from service.db import StudyStatus, create_schema, make_engine, make_sessionmaker
+    from service.driver import _finish
+    from tests.service.conftest import add_trial
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    engine, storage = make_engine(url), make_optuna_storage(url)
+    create_schema(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions() as s:
+        study = repo.create_study(s, name="x", spec={}, study_id="a1", ray_job_id="j")
+        assert repo.start_attempt(s, study_id="a1", attempt=0)
+    add_trial(
+        storage, study.optuna_study_name, method="smooth", value=None, state=optuna.trial.TrialState.RUNNING
+    )
+    args = {"study_id": "a1", "optuna_name": study.optuna_study_name}
+    _finish(sessions, storage, **args, final=None, message="RuntimeError: boom", attempt=0)
+    with sessions() as s:
+        row = repo.get_study(s, study_id="a1")
+        assert (row.status, row.error) == ("running", "the driver died: RuntimeError: boom")
+        # Its trials stay RUNNING: the resumed driver fails them and reruns their configs.
+        assert repo.trial_counts(s, names=[study.optuna_study_name])[study.optuna_study_name] == {
+            "RUNNING": 1
+        }
+        assert repo.claim_attempt(s, study_id="a1", attempts=0, ray_job_id="j-r1", note="resumed")
+    # The old driver's late end is not written over the new attempt's study.
+    _finish(sessions, storage, **args, final=StudyStatus.failed, message="late", attempt=0)
+    with sessions() as s:
+        assert (repo.get_study(s, study_id="a1").status, repo.get_study(s, study_id="a1").error) == (
+            "pending",
+            "resumed",
+        )
+        assert repo.start_attempt(s, study_id="a1", attempt=1) and not repo.start_attempt(
+            s, study_id="a1", attempt=0
+        )
+    _finish(sessions, storage, **args, final=StudyStatus.completed, message=None, attempt=1)
+    with sessions() as s:
+        row = repo.get_study(s, study_id="a1")
+        assert (row.status, row.error) == ("completed", None)  # the "resumed" note is done with
+        assert repo.trial_counts(s, names=[study.optuna_study_name])[study.optuna_study_name] == {"FAIL": 1}
+    engine.dispose()
+    storage.engine.dispose()

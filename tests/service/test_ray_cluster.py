@@ -98,3 +98,40 @@ def test_a_local_heads_driver_is_told_the_heads_own_gcs_address(monkeypatch, tmp
     envs = [s["runtime_env"]["env_vars"] for s in submitted]
     assert envs[0]["TRANSCHED_RAY_GCS_ADDRESS"] == "127.0.0.1:6391"
     assert "TRANSCHED_RAY_GCS_ADDRESS" not in envs[1]  # a cluster's own head: the job's cluster ("auto")
+
+
+def test_a_job_id_the_cluster_already_has_counts_as_submitted_and_attempts_name_their_jobs(
+    monkeypatch, tmp_path
+):
+    import ray.job_submission
+
+    from service.ray_cluster import RayCluster, job_submission_id
+    from service.schemas import StudySpec
+    from service.settings import Settings
+
+    jobs: dict[str, str] = {}
+
+    class Client:
+        def __init__(self, url, headers):
+            pass
+
+        def submit_job(self, **kwargs):
+            if kwargs["submission_id"] in jobs:  # what Ray's job API answers, through its client
+                raise RuntimeError(
+                    f"Request failed with status code 400: Job with submission_id {kwargs['submission_id']} "
+                    "already exists. Please use a different submission_id."
+                )
+            jobs[kwargs["submission_id"]] = kwargs["entrypoint"]
+            return kwargs["submission_id"]
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Client)
+    cluster, settings = RayCluster("http://127.0.0.1:1", local=True), Settings(data_dir=tmp_path)
+    first = cluster.submit_study(study_id="ab12", spec=StudySpec(name="s"), settings=settings)
+    assert first == job_submission_id("ab12", "s") == "transched-s-ab12"
+    assert cluster.submit_study(study_id="ab12", spec=StudySpec(name="s"), settings=settings) == first
+    job = job_submission_id("ab12", "s", 2)
+    assert job == "transched-s-ab12-r2"
+    assert cluster.submit_study(
+        study_id="ab12", spec=StudySpec(name="s"), settings=settings, job_id=job, attempt=2
+    )
+    assert len(jobs) == 2 and jobs[job].endswith("-m service.driver ab12 2")

@@ -1,14 +1,13 @@
 """The study domain on a real SQLite file and a real PostgreSQL database, with a fake cluster: no
-connection is held while the cluster is asked anything, reconciliation, best-trial selection."""
-
-from datetime import timedelta
+connection is held while the cluster is asked anything, stop, best-trial selection (the supervisor:
+test_supervisor.py)."""
 
 import pytest
 from optuna.trial import TrialState
 
 from service import repository as repo
 from service import studies
-from service.db import create_schema, utcnow
+from service.db import create_schema
 from service.errors import ClusterUnavailable, Conflict, NotFound
 from service.schemas import StudySpec
 from service.settings import Settings
@@ -46,11 +45,6 @@ def _submit(db, cluster, settings, **spec):
     return studies.submit(StudySpec(**spec), sessions=db.sessions, cluster=cluster, settings=settings)
 
 
-def _reconcile(db, cluster, study):
-    found = studies.find(db.sessions, study.id)
-    return studies.reconcile(found, sessions=db.sessions, storage=db.storage, cluster=cluster, timeout_s=60)
-
-
 def test_submit_stores_then_submits_with_no_connection_held(db, cluster, settings):
     study = _submit(db, cluster, settings, n_trials=2)
     assert cluster.seen == [("resources", 0), ("submit_study", 0)]
@@ -65,43 +59,18 @@ def test_a_refused_submission_is_kept_as_failed(db, cluster, settings):
         _submit(db, cluster, settings)
     with db.sessions() as s:
         (study,), total = repo.list_studies(s, offset=0, limit=10)
-    assert total == 1 and study.status == "failed" and study.ray_job_id is None
+    # Stored with its job id before the submission: a study is never without the job that runs it.
+    assert total == 1 and study.status == "failed" and study.ray_job_id == f"transched-study-{study.id}"
 
 
-def test_reconcile_asks_the_cluster_with_no_connection_held_and_reaps_trials(db, cluster, settings):
-    study = _submit(db, cluster, settings)
-    db.set_status(study.id, "running", heartbeat_at=utcnow())
-    add_trial(db.storage, study.optuna_study_name, method="smooth", value=None, state=TrialState.RUNNING)
-    cluster.jobs[study.ray_job_id] = "FAILED"
-    cluster.seen.clear()
-    ended = _reconcile(db, cluster, study)
-    assert cluster.seen == [("job_status", 0)]
-    assert (ended.status, ended.error) == ("failed", "the driver's Ray job ended as FAILED")
-    with db.sessions() as s:
-        assert repo.trial_counts(s, names=[study.optuna_study_name]) == {study.optuna_study_name: {"FAIL": 1}}
-
-
-def test_a_silent_driver_fails_its_study_and_a_beating_one_does_not(db, cluster, settings):
-    silent, alive = _submit(db, cluster, settings), _submit(db, cluster, settings)
-    cluster.jobs.clear()  # the cluster forgot both jobs
-    db.set_status(silent.id, "running", heartbeat_at=utcnow() - timedelta(seconds=600))
-    db.set_status(alive.id, "running", heartbeat_at=utcnow())
-    for study in (silent, alive):
-        add_trial(db.storage, study.optuna_study_name, method="smooth", value=None, state=TrialState.RUNNING)
-
-    ended = _reconcile(db, cluster, silent)
-    assert ended.status == "failed" and "no heartbeat for over 60s" in ended.error
-    assert _reconcile(db, cluster, alive).status == "running"
-    with db.sessions() as s:
-        counts = repo.trial_counts(s, names=[silent.optuna_study_name, alive.optuna_study_name])
-    assert counts == {silent.optuna_study_name: {"FAIL": 1}, alive.optuna_study_name: {"RUNNING": 1}}
-
-
-def test_stop_stops_a_pending_job_with_no_connection_held_and_refuses_an_ended_study(db, cluster, settings):
+def test_stop_ends_a_pending_job_with_no_connection_held_and_refuses_a_completed_study(db, cluster, settings):
     study = _submit(db, cluster, settings)
     cluster.seen.clear()
     assert studies.stop(study.id, sessions=db.sessions, cluster=cluster).status == "stopped"
     assert cluster.seen == [("stop_job", 0)]
+    assert studies.stop(study.id, sessions=db.sessions, cluster=cluster).status == "stopped"  # again: fine
+    assert cluster.seen == [("stop_job", 0)]
+    db.set_status(study.id, "completed")
     with pytest.raises(Conflict, match="already ended"):
         studies.stop(study.id, sessions=db.sessions, cluster=cluster)
     with pytest.raises(NotFound):
