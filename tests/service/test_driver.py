@@ -5,6 +5,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils import flatten_dict
 
 from service.db import make_optuna_storage
+from service.db_retry import DbRetry
 from service.driver import StoredOptunaSearch, describe_study, nested
 from service.repository import epoch_history
 from service.schemas import StudySpec
@@ -139,7 +140,7 @@ def test_a_driver_that_dies_leaves_its_study_running_for_the_supervisor_and_a_st
         storage, study.optuna_study_name, method="smooth", value=None, state=optuna.trial.TrialState.RUNNING
     )
     args = {"study_id": "a1", "optuna_name": study.optuna_study_name}
-    _finish(sessions, storage, **args, final=None, message="RuntimeError: boom", attempt=0)
+    _finish(sessions, DbRetry(5), storage, **args, final=None, message="RuntimeError: boom", attempt=0)
     with sessions() as s:
         row = repo.get_study(s, study_id="a1")
         assert (row.status, row.error) == ("running", "the driver died: RuntimeError: boom")
@@ -149,7 +150,7 @@ def test_a_driver_that_dies_leaves_its_study_running_for_the_supervisor_and_a_st
         }
         assert repo.claim_attempt(s, study_id="a1", attempts=0, ray_job_id="j-r1", note="resumed")
     # The old driver's late end is not written over the new attempt's study.
-    _finish(sessions, storage, **args, final=StudyStatus.failed, message="late", attempt=0)
+    _finish(sessions, DbRetry(5), storage, **args, final=StudyStatus.failed, message="late", attempt=0)
     with sessions() as s:
         assert (repo.get_study(s, study_id="a1").status, repo.get_study(s, study_id="a1").error) == (
             "pending",
@@ -158,7 +159,7 @@ def test_a_driver_that_dies_leaves_its_study_running_for_the_supervisor_and_a_st
         assert repo.start_attempt(s, study_id="a1", attempt=1) and not repo.start_attempt(
             s, study_id="a1", attempt=0
         )
-    _finish(sessions, storage, **args, final=StudyStatus.completed, message=None, attempt=1)
+    _finish(sessions, DbRetry(5), storage, **args, final=StudyStatus.completed, message=None, attempt=1)
     with sessions() as s:
         row = repo.get_study(s, study_id="a1")
         assert (row.status, row.error) == ("completed", None)  # the "resumed" note is done with
