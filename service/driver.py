@@ -329,6 +329,7 @@ def build_tuner(
     plan = plan or ResumePlan(remaining=spec.n_trials)
     import optuna
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.stopper import CombinedStopper
 
     from search_spaces import build_space
@@ -387,7 +388,11 @@ def build_tuner(
             stop=CombinedStopper(StopWhenAsked(settings, study_id), fail_fast),
             # A trial whose worker or node died is rerun (on any node that fits) up to max_retries times.
             failure_config=tune.FailureConfig(max_failures=spec.max_retries),
-            callbacks=[TrialEventLog(spec.name, metric=METRIC, epochs=spec.trainer.epochs)],
+            # JSON results alone (see service.ray_cluster.TUNE_ENV): the ResultGrid reads result.json.
+            callbacks=[
+                TrialEventLog(spec.name, metric=METRIC, epochs=spec.trainer.epochs),
+                JsonLoggerCallback(),
+            ],
             verbose=0,  # Tune's status tables name trials as Tune does; TrialEventLog names them as the study
         ),
     )

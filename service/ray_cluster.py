@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 # Tune's defaults the service does not use, off for its drivers: the CSV, JSON and TensorBoard result
 # loggers (every result of every trial written to three files under ray_results; the study's results live in
-# the store). Read by Ray 2.60's ray/tune/utils/callback.py.
+# the store). Read by Ray 2.60's ray/tune/utils/callback.py. The driver adds back the JSON one alone:
+# Tune's ResultGrid reads each trial's last result from its result.json at the run's end.
 TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
