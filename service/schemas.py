@@ -348,6 +348,13 @@ class Problem(BaseModel):
     detail: str
 
 
+class InvalidProblem(BaseModel):
+    """A 422: the domain's refusal (`detail` a message), or a request that does not validate (`detail`
+    FastAPI's list of errors, each with its `loc`, `msg` and `type`)."""
+
+    detail: str | list[dict[str, Any]]
+
+
 def problem_response(description: str) -> dict[str, Any]:
     """An error answer of a route whose success is not JSON (text, HTML, a figure): the error body is
     JSON all the same, so OpenAPI must say application/json (FastAPI would give it the route's type)."""

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, status
 from service import studies, supervisor
 from service.db import Study
 from service.deps import ClusterDep, State
-from service.schemas import Links, Problem, StudyCreated, StudyOut, StudyPage, StudySpec
+from service.schemas import InvalidProblem, Links, Problem, StudyCreated, StudyOut, StudyPage, StudySpec
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -54,7 +54,7 @@ def _overview(state: State, study: Study, link: Callable[[str, str | None], Link
     status_code=status.HTTP_202_ACCEPTED,
     responses={
         422: {
-            "model": Problem,
+            "model": InvalidProblem,
             "description": "invalid study spec (nothing is stored), or an Idempotency-Key already used "
             "with a different body",
         },

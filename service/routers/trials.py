@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from service import studies
 from service.deps import State
 from service.routers.studies import NOT_FOUND
-from service.schemas import BestConfig, Problem, TrialPage
+from service.schemas import BestConfig, InvalidProblem, Problem, TrialPage
 
 router = APIRouter(prefix="/studies/{study_id}", tags=["studies"])
 
@@ -31,7 +31,7 @@ def list_trials(
     responses={
         **NOT_FOUND,
         409: {"model": Problem, "description": "no trial (of that method) has completed yet"},
-        422: {"model": Problem, "description": "the study has no such method"},
+        422: {"model": InvalidProblem, "description": "the study has no such method"},
     },
 )
 def best(
