@@ -90,6 +90,7 @@ class Outage:
         self._lock = threading.Lock()
         self._since: float | None = None  # when the first failed call of the outage began
         self._last_failure = 0.0
+        self._last_success = 0.0
         self._failures = 0
 
     def failed(self, what: str, state: tenacity.RetryCallState, budget_s: float) -> None:
@@ -110,10 +111,25 @@ class Outage:
         if self._since is None:
             return
         with self._lock:
+            self._last_success = time.monotonic()
             since, last, failures = self._since, self._last_failure, self._failures
             if since is None or time.monotonic() - last < self.settle_s:
                 return
             self._since = None
+        self._over(since, last, failures)
+
+    def close(self) -> None:
+        """The process is done (a driver at its end): an outage whose calls have gone through since its
+        last failure is over, though `settle_s` may not have passed yet; said so, not left unsaid."""
+        with self._lock:
+            since, last, failures = self._since, self._last_failure, self._failures
+            if since is None or self._last_success < last:
+                return
+            self._since = None
+        self._over(since, last, failures)
+
+    @staticmethod
+    def _over(since: float, last: float, failures: int) -> None:
         logger.warning(
             "database available again: it was unavailable for %.1fs (%d failed attempts)",
             last - since,

@@ -314,6 +314,36 @@ def checkpoint_dir(settings: Settings, optuna_name: str) -> Path:
     return (settings.data_dir / "checkpoints" / optuna_name).resolve()
 
 
+def _searcher(spec: StudySpec, plan: ResumePlan, *, optuna_name: str, storage: Any) -> StoredOptunaSearch:
+    """OptunaSearch with TPE over the study's space, writing its trials into `optuna_name`."""
+    import optuna
+
+    from search_spaces import build_space
+
+    sampler = optuna.samplers.TPESampler(
+        # A resumed driver draws other random startup configs than the first one (same seed: repeats).
+        seed=(spec.seed + plan.attempt) % 2**32,
+        constant_liar=True,  # parallel trials: pending ones count as bad guesses, not as nothing
+        multivariate=True,
+        group=True,  # the space is conditional on the method
+        n_startup_trials=spec.startup_trials,
+    )
+    arms = spec.resolved_methods()
+    return StoredOptunaSearch(
+        space=build_space(arms),
+        # Each method once before TPE chooses, so every method of the study is tried; never more points
+        # than trials (Optuna would keep the rest WAITING forever).
+        points_to_evaluate=(
+            [{"method": a} for a in arms if a not in plan.tried][: plan.remaining] if len(arms) > 1 else None
+        ),
+        metric=METRIC,
+        mode="max",
+        sampler=sampler,
+        study_name=optuna_name,
+        storage=storage,
+    )
+
+
 def build_tuner(
     spec: StudySpec,
     *,
@@ -332,30 +362,9 @@ def build_tuner(
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.stopper import CombinedStopper
 
-    from search_spaces import build_space
     from service.trainable import run_trial
 
-    sampler = optuna.samplers.TPESampler(
-        seed=spec.seed,
-        constant_liar=True,  # parallel trials: pending ones count as bad guesses, not as nothing
-        multivariate=True,
-        group=True,  # the space is conditional on the method
-        n_startup_trials=spec.startup_trials,
-    )
-    arms = spec.resolved_methods()
-    searcher = StoredOptunaSearch(
-        space=build_space(arms),
-        # Each method once before TPE chooses, so every method of the study is tried; never more points
-        # than trials (Optuna would keep the rest WAITING forever).
-        points_to_evaluate=(
-            [{"method": a} for a in arms if a not in plan.tried][: plan.remaining] if len(arms) > 1 else None
-        ),
-        metric=METRIC,
-        mode="max",
-        sampler=sampler,
-        study_name=optuna_name,
-        storage=storage,
-    )
+    searcher = _searcher(spec, plan, optuna_name=optuna_name, storage=storage)
     # OptunaSearch has created the Optuna study by now (a space is given): name and describe it.
     describe_study(optuna.load_study(study_name=optuna_name, storage=storage), spec, study_id=study_id)
     fail_fast = fail_fast or EndOnDeterministicFailures(fail_fast_after(spec))
@@ -490,6 +499,7 @@ def run_study(study_id: str, settings: Settings, attempt: int = 0) -> StudyStatu
     finally:
         _finish(sessions, db, storage, study_id=study_id, optuna_name=optuna_name, final=final,
                 message=message, attempt=attempt)  # fmt: skip
+        db.outage.close()  # an outage the study outlived is said to be over, in the driver's log
         engine.dispose()
 
 

@@ -150,6 +150,21 @@ def test_a_write_waits_out_a_held_lock_and_the_outage_is_logged_once(db, caplog)
     assert back and 1.5 < float(back[1]) < 5, warnings[1]  # from the first lock's start to the second's end
 
 
+def test_an_outage_the_process_outlived_is_said_over_at_its_end(db, caplog):
+    outage = Outage(settle_s=60.0)  # longer than the test: only `close` can end it
+    storage = RetryingStorage(_storage(db), DbRetry(30, max_wait_s=0.3, outage=outage))
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+    caplog.set_level(logging.WARNING, logger="transched.db")
+    with write_lock(db, for_s=1.0):
+        storage.set_study_user_attr(study_id, "k", "v")
+    warned = lambda: [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]  # noqa: E731
+    assert len(warned()) == 1  # begun, not yet over: settle_s has not passed
+    outage.close()
+    assert len(warned()) == 2 and warned()[1].startswith("database available again"), warned()
+    outage.close()  # said once
+    assert len(warned()) == 2
+
+
 def test_past_the_budget_the_error_is_raised(db):
     storage = RetryingStorage(_storage(db, timeout_s=0.1), DbRetry(1.0, max_wait_s=0.2))
     study_id = storage.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
