@@ -73,18 +73,27 @@ def state_sha256(state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+# CPU extensions beyond torch's capability level that change which oneDNN/MKL kernels run, and so the last
+# bits. The first CI machine's runs (an AVX512 machine, its extensions not recorded) and a plain-AVX512
+# Intel machine's differ in 4 of 19 configs (ICT, XMixup): machines that differ in these are told apart.
+KERNEL_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_tile")
+
+
 def machine_key() -> str:
-    """The kind of machine the exact results belong to: torch's version, its CPU capability, the vendor."""
+    """The kind of machine the exact results belong to: torch's version, its CPU capability (and the
+    extensions of KERNEL_FLAGS it has), the vendor."""
     import platform
 
     import torch
 
-    vendor = "unknown"
+    vendor, flags = "unknown", set()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         lines = cpuinfo.read_text().splitlines()
         vendor = next((line.split(":", 1)[1].strip() for line in lines if "vendor_id" in line), vendor)
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     capability = torch.backends.cpu.get_cpu_capability()
+    capability += "".join(f"+{f}" for f in KERNEL_FLAGS if f in flags)
     return f"torch-{torch.__version__.split('+')[0]}/{platform.machine()}/{capability}/{vendor}"
 
 
