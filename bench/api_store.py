@@ -37,16 +37,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class PostgresUnreachable(RuntimeError):
+    pass
+
+
 @contextlib.contextmanager
-def database(backend: str, tmp: Path) -> Iterator[str]:
-    """A new database of `backend` (SQLite file or a PostgreSQL database of its own), dropped after."""
+def database(backend: str, tmp: Path, *, prefix: str = "transched_bench") -> Iterator[str]:
+    """A new, empty database of `backend` (an SQLite file in `tmp`, or a PostgreSQL database of its own on
+    the server at PG_ADMIN_URL), dropped afterwards. The tests' `fresh_database` is this one."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp / 'transched.db'}"
         return
     import psycopg
 
-    name = f"transched_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise PostgresUnreachable(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}") from exc
+    with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     try:

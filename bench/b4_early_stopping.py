@@ -61,14 +61,6 @@ def _spec(kind: str, n_trials: int) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
 
@@ -123,6 +115,7 @@ def _run_studies(n_trials: int, root: Path) -> dict[str, Any]:
     process, `python -m service.driver`) on one local Ray head of 2 CPUs."""
     import optuna
 
+    from bench.api_store import free_port
     from service.db import create_schema, make_engine, make_optuna_storage, make_sessionmaker
     from service.ray_cluster import start_local_head, stop_local_head
     from service.repository import create_study, get_study

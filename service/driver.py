@@ -20,6 +20,7 @@ import logging
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -221,10 +222,6 @@ class StoredOptunaSearch(OptunaSearch):
 def describe_study(ot_study: Any, spec: StudySpec, *, study_id: str) -> None:
     """What a reader of the Optuna study (optuna-dashboard, `optuna.load_study`) needs to know which study
     it is: the objective's name and the transched study's id, name and spec summary, as study user attrs."""
-    import warnings
-
-    import optuna
-
     with warnings.catch_warnings():  # set_metric_names is marked experimental; it is what the dashboard reads
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ot_study.set_metric_names([OBJECTIVE_NAME])
@@ -316,8 +313,6 @@ def checkpoint_dir(settings: Settings, optuna_name: str) -> Path:
 
 def _searcher(spec: StudySpec, plan: ResumePlan, *, optuna_name: str, storage: Any) -> StoredOptunaSearch:
     """OptunaSearch with TPE over the study's space, writing its trials into `optuna_name`."""
-    import optuna
-
     from search_spaces import build_space
 
     sampler = optuna.samplers.TPESampler(
@@ -357,7 +352,6 @@ def build_tuner(
     """Tune + OptunaSearch (TPE) over the study's space, writing its trials into `optuna_name`; with a
     resume `plan`, only the trials still missing and the method points of arms not tried yet."""
     plan = plan or ResumePlan(remaining=spec.n_trials)
-    import optuna
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.stopper import CombinedStopper
@@ -425,8 +419,6 @@ def plan_resume(storage: Any, *, optuna_name: str, n_trials: int, attempt: int) 
     a retry is not retried again. Finished trials: COMPLETE, PRUNED, and FAIL except a failed trial
     whose retry is enqueued (the retry takes its place). The driver runs `n_trials` minus those; WAITING
     (enqueued) trials are among them, taken first."""
-    import optuna
-
     from service.repository import load_optuna_study
 
     ot_study = load_optuna_study(storage, name=optuna_name)

@@ -100,32 +100,10 @@ def studies_in(session: Session, *, states: Sequence[StudyStatus]) -> list[Study
     return list(session.scalars(stmt.order_by(Study.created_at, Study.id)))
 
 
-def claim_attempt(session: Session, *, study_id: str, attempts: int, ray_job_id: str, note: str) -> bool:
-    """Take the study for a new driver: pending again, attempt `attempts + 1`, its new job id. Only if no
-    one else took it since it was read as at attempt `attempts` (another API process, a request)."""
-    stmt = (
-        update(Study)
-        .where(
-            Study.id == study_id,
-            Study.attempts == attempts,
-            Study.status.in_([StudyStatus.pending.value, StudyStatus.running.value]),
-        )
-        .values(
-            status=StudyStatus.pending.value,
-            attempts=attempts + 1,
-            ray_job_id=ray_job_id,
-            error=note,
-            heartbeat_at=utcnow(),
-        )
-    )
-    claimed = session.execute(stmt).rowcount > 0
-    session.commit()
-    return claimed
-
-
-def start_attempt(session: Session, *, study_id: str, attempt: int) -> bool:
-    """The driver of attempt `attempt` takes the study (pending or running -> running); False if the study
-    ended, is stopping, or belongs to a newer attempt: that driver must not run."""
+def _update_live_attempt(session: Session, *, study_id: str, attempt: int, **values: Any) -> bool:
+    """Set `values` on the study only while it is live (pending or running) at attempt `attempt`: the one
+    guard of every hand-over between drivers. False (nothing written) if it ended, is stopping, or
+    belongs to another attempt."""
     stmt = (
         update(Study)
         .where(
@@ -133,15 +111,37 @@ def start_attempt(session: Session, *, study_id: str, attempt: int) -> bool:
             Study.attempts == attempt,
             Study.status.in_([StudyStatus.pending.value, StudyStatus.running.value]),
         )
-        .values(
-            status=StudyStatus.running.value,
-            started_at=func.coalesce(Study.started_at, utcnow()),
-            heartbeat_at=utcnow(),
-        )
+        .values(**values, heartbeat_at=utcnow())
     )
-    started = session.execute(stmt).rowcount > 0
+    changed = session.execute(stmt).rowcount > 0
     session.commit()
-    return started
+    return changed
+
+
+def claim_attempt(session: Session, *, study_id: str, attempts: int, ray_job_id: str, note: str) -> bool:
+    """Take the study for a new driver: pending again, attempt `attempts + 1`, its new job id. Only if no
+    one else took it since it was read as at attempt `attempts` (another API process, a request)."""
+    return _update_live_attempt(
+        session,
+        study_id=study_id,
+        attempt=attempts,
+        status=StudyStatus.pending.value,
+        attempts=attempts + 1,
+        ray_job_id=ray_job_id,
+        error=note,
+    )
+
+
+def start_attempt(session: Session, *, study_id: str, attempt: int) -> bool:
+    """The driver of attempt `attempt` takes the study (pending or running -> running); False if the study
+    ended, is stopping, or belongs to a newer attempt: that driver must not run."""
+    return _update_live_attempt(
+        session,
+        study_id=study_id,
+        attempt=attempt,
+        status=StudyStatus.running.value,
+        started_at=func.coalesce(Study.started_at, utcnow()),
+    )
 
 
 def set_error(session: Session, *, study_id: str, error: str | None, attempt: int | None = None) -> None:
