@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service import repository as repo
 from service.db import Study
 from service.schemas import StudySpec
-from service.studies import params, trial_arm
+from service.studies import params, stored_spec, trial_arm
 
 if TYPE_CHECKING:
     from optuna.storages import BaseStorage
@@ -62,7 +62,7 @@ class Report:
 
 
 def study_report(study: Study, *, storage: BaseStorage) -> Report:
-    spec = StudySpec.model_validate(study.spec)
+    spec = stored_spec(study)
     ot = repo.load_optuna_study(storage, name=study.optuna_study_name)
     trials = sorted(ot.get_trials(deepcopy=False), key=lambda t: t.number) if ot else []
     arms = {arm: ArmSummary(arm) for arm in spec.resolved_methods()}

@@ -7,6 +7,7 @@ session is open while Ray is asked anything: a slow or dead cluster never pins a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -245,6 +246,18 @@ def _optuna_session(storage: BaseStorage) -> Session:
     return Session(storage.engine)  # type: ignore[attr-defined]
 
 
+@functools.lru_cache(maxsize=1024)
+def _spec_from_json(spec_json: str) -> StudySpec:
+    return StudySpec.model_validate_json(spec_json)
+
+
+def stored_spec(study: Study) -> StudySpec:
+    """The study's stored spec as a `StudySpec`, validated once per process and content: a page of 20
+    studies re-validated each one's spec (methods resolved, bounds checked) on every read, 10-20% of the
+    request. Shared: callers must not change it."""
+    return _spec_from_json(json.dumps(study.spec, sort_keys=True))
+
+
 class BestCache:
     """Best trial ids by (database, Optuna study name, its number of COMPLETE trials, the filter's name):
     the best of a study is found once per new completed trial, not on every read. It stays correct while a
@@ -369,7 +382,7 @@ def _overview(
         n_trials=sum(counts.values()),
         trial_counts=counts,
         best=BestSoFar(number=best.number, value=best.value, params=params(best)) if best else None,
-        spec=StudySpec.model_validate(study.spec),
+        spec=stored_spec(study),
         links=links(study.id, study.ray_job_id),
     )
 
@@ -424,7 +437,7 @@ def method_filter(arms: list[str], method: str) -> TrialFilter | None:
 def best_config(study: Study, *, storage: BaseStorage, method: str | None = None) -> BestConfig:
     """The best trial's complete trainer config, ready for `transched train`: the best overall, or the
     best of one method (a method name or an arm like ``mixup+schedule``)."""
-    spec = StudySpec.model_validate(study.spec)
+    spec = stored_spec(study)
     where = None
     if method is not None:
         arms = list(spec.resolved_methods())

@@ -53,6 +53,17 @@ def test_submit_stores_then_submits_with_no_connection_held(db, cluster, setting
     assert db.engine.pool.checkedout() == 0
 
 
+def test_a_stored_spec_reads_back_as_submitted_and_is_validated_once(db, cluster, settings):
+    spec = StudySpec(n_trials=3, methods=["smooth", {"method": "mixup", "schedule": True}])
+    study = studies.submit(spec, sessions=db.sessions, cluster=cluster, settings=settings)
+    stored = studies.find(db.sessions, study.id)
+    assert studies.stored_spec(stored) == StudySpec.model_validate(stored.spec)  # as stored (paths resolved)
+    assert studies.stored_spec(stored).methods == spec.methods
+    assert studies.stored_spec(studies.find(db.sessions, study.id)) is studies.stored_spec(stored)
+    other = _submit(db, cluster, settings, n_trials=4)
+    assert studies.stored_spec(studies.find(db.sessions, other.id)).n_trials == 4
+
+
 def test_a_refused_submission_is_kept_as_failed(db, cluster, settings):
     cluster.submit_error = RuntimeError("no")
     with pytest.raises(ClusterUnavailable, match="kept, as failed"):
