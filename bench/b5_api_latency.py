@@ -30,9 +30,9 @@ def _paths(study_id: str, n_trials: int) -> dict[str, str]:
     }
 
 
-def measure(backend: str, n_trials: int, requests: int) -> dict[str, tuple[float, float, float]]:
-    """{endpoint: (p50 s, p99 s, server CPU s per request)} over a store of one study of `n_trials`
-    trials and 9 small ones."""
+def measure(backend: str, n_trials: int, requests: int) -> dict[str, tuple[float, float, float, int]]:
+    """{endpoint: (p50 s, p99 s, server CPU s per request, response bytes)} over a store of one study of
+    `n_trials` trials and 9 small ones."""
     with temp_dir() as tmp, database(backend, Path(tmp)) as url:
         study_id = populate(url, n_trials=n_trials)
         with api_server(url, Path(tmp)) as (client, pid):
@@ -41,7 +41,8 @@ def measure(backend: str, n_trials: int, requests: int) -> dict[str, tuple[float
                 cpu = cpu_s(pid)
                 times = timed_gets(client, path, requests, warmup=3)
                 cpu = (cpu_s(pid) - cpu) / (requests + 3)
-                out[label] = (percentile(times, 0.5), percentile(times, 0.99), cpu)
+                size = len(client.get(path).content)
+                out[label] = (percentile(times, 0.5), percentile(times, 0.99), cpu, size)
     return out
 
 
@@ -54,23 +55,30 @@ def run(*, quick: bool = False) -> dict:
         " process's CPU time per request (user + system), which other load on the machine does not inflate.",
         "",
         "| endpoint | backend | p50 @100 | p99 @100 | CPU @100 | p50 @10k | p99 @10k | CPU @10k"
-        " | CPU 10k/100 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        " | CPU 10k/100 | KB @10k |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    worst = 0.0
+    worst, over = 0.0, []
     for backend in ("sqlite", "postgresql"):
         for label in results[(backend, sizes[0])]:
-            s50, s99, scpu = results[(backend, sizes[0])][label]
-            b50, b99, bcpu = results[(backend, sizes[1])][label]
+            s50, s99, scpu, _ = results[(backend, sizes[0])][label]
+            b50, b99, bcpu, size = results[(backend, sizes[1])][label]
             worst = max(worst, b99)
+            if b99 >= TARGET_P99_S:
+                over.append(f"`{label}` on {backend} ({b99 * 1e3:.0f} ms, {size / 1e3:.0f} KB)")
             lines.append(
                 f"| `{label}` | {backend} | {s50 * 1e3:.1f} | {s99 * 1e3:.1f} | {scpu * 1e3:.1f} | "
-                f"{b50 * 1e3:.1f} | {b99 * 1e3:.1f} | {bcpu * 1e3:.1f} | {bcpu / max(scpu, 1e-3):.2f} |"
+                f"{b50 * 1e3:.1f} | {b99 * 1e3:.1f} | {bcpu * 1e3:.1f} | {bcpu / max(scpu, 1e-3):.2f} "
+                f"| {size / 1e3:.0f} |"
             )
     met = worst < TARGET_P99_S
     lines += [
         "",
-        f"Worst p99 at 10,000 trials: {worst * 1e3:.1f} ms (target < {TARGET_P99_S * 1e3:.0f} ms).",
+        f"Worst p99 at 10,000 trials: {worst * 1e3:.1f} ms (target < {TARGET_P99_S * 1e3:.0f} ms); over it: "
+        + (", ".join(over) or "none")
+        + ". CPU per request is the same at 10,000 trials as at 100 (the last columns but one): what a "
+        "request costs is its answer (a page of trials carries each trial's params, attrs and per-epoch "
+        "metrics), not the study's size.",
         f"Load average at the end (1 min, {os.cpu_count()} CPUs): {os.getloadavg()[0]:.1f}.",
     ]
     return {
