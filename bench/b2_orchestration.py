@@ -118,7 +118,7 @@ def bare_tune_run(n: int, gcs_address: str, data_dir: Path, skip: int = SKIP) ->
 
     try:
         fit(CONCURRENT)  # warm: its actors' imports are not the steady state
-        with CpuSampler(lambda pid, _cmdline: pid == os.getpid()) as cpu:
+        with CpuSampler(os.getpid()) as cpu:
             span, ends = fit(n)
         return {"span": span, "driver_cpu": steady_cpu_per_trial(cpu, ends, skip), "ends": ends}
     finally:
@@ -182,27 +182,39 @@ def run_study(api: str, spec: dict, timeout_s: float = 600) -> dict:
 
 
 class CpuSampler:
-    """CPU seconds (user + system) of the processes `match(pid, cmdline)` picks, sampled from /proc every
-    0.1 s while open, with the time of each sample."""
+    """CPU seconds (user + system) of one process (`match` a pid), or of the processes `match(pid,
+    cmdline)` picks, sampled from /proc every 0.1 s while open, with the time of each sample. A pid is
+    read alone: scanning /proc from a thread of a busy process waits on its GIL at every file."""
 
-    def __init__(self, match: Callable[[int, bytes], bool]) -> None:
+    def __init__(self, match: int | Callable[[int, bytes], bool]) -> None:
         self._match, self._skip = match, set()
         self.samples: dict[int, list[tuple[float, float]]] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
+    def _pids(self) -> list[int]:
+        if isinstance(self._match, int):
+            return [self._match]
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or (pid := int(proc.name)) in self._skip:
+                continue
+            try:
+                if pid in self.samples or self._match(pid, (proc / "cmdline").read_bytes()):
+                    pids.append(pid)
+                else:
+                    self._skip.add(pid)
+            except OSError:  # gone
+                continue
+        return pids
+
     def _watch(self) -> None:
         from bench.api_store import cpu_s
 
         while not self._done.wait(0.1):
-            for proc in Path("/proc").iterdir():
-                if not proc.name.isdigit() or (pid := int(proc.name)) in self._skip:
-                    continue
+            for pid in self._pids():
                 try:
-                    if pid in self.samples or self._match(pid, (proc / "cmdline").read_bytes()):
-                        self.samples.setdefault(pid, []).append((time.time(), cpu_s(pid)))
-                    else:
-                        self._skip.add(pid)
+                    self.samples.setdefault(pid, []).append((time.time(), cpu_s(pid)))
                 except OSError:  # gone
                     continue
 
@@ -354,7 +366,7 @@ def run(*, quick: bool = False) -> dict:
         f"| {service['first_asked']:.2f} | {service['first_asked'] - service['driver_running']:.2f} |",
         f"| Tune: trial actor's worker process started and imported, the trainable entered "
         f"| {start:.2f} | {start - service['first_asked']:.2f} |",
-        f"| first trial's first (only) epoch done | {service['first_finished']:.2f} "
+        f"| the first trial ended (its one step, validation and test) | {service['first_finished']:.2f} "
         f"| {service['first_finished'] - start:.2f} |",
         "",
         f"Cold costs of the two new processes, measured alone in this run: a fresh interpreter importing the "

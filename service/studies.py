@@ -252,9 +252,9 @@ def _spec_from_json(spec_json: str) -> StudySpec:
 
 
 def stored_spec(study: Study) -> StudySpec:
-    """The study's stored spec as a `StudySpec`, validated once per process and content: a page of 20
-    studies re-validated each one's spec (methods resolved, bounds checked) on every read, 10-20% of the
-    request. Shared: callers must not change it."""
+    """The study's stored spec as a `StudySpec`, validated once per process and content (validating it on
+    every read, methods resolved and bounds checked, was 10-20% of a study view and more of a page of
+    studies). Shared between callers: none may change it."""
     return _spec_from_json(json.dumps(study.spec, sort_keys=True))
 
 

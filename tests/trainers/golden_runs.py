@@ -73,9 +73,9 @@ def state_sha256(state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-# CPU extensions beyond torch's capability level that change which oneDNN/MKL kernels run, and so the last
-# bits. The first CI machine's runs (an AVX512 machine, its extensions not recorded) and a plain-AVX512
-# Intel machine's differ in 4 of 19 configs (ICT, XMixup): machines that differ in these are told apart.
+# CPU extensions beyond torch's capability level with kernels of their own in oneDNN/MKL, and so last bits
+# of their own. The first CI machine's runs (AVX512, its extensions not recorded) and a plain-AVX512 Intel
+# machine's differ in 4 of 19 configs (ICT, XMixup) under one capability key: the key also names these.
 KERNEL_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_tile")
 
 
