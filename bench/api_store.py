@@ -4,6 +4,7 @@ Trials are written straight into Optuna's schema with bulk SQL (what OptunaSearc
 the trial, its value, its params with their distributions, and the driver's user attrs including one
 `epoch:NNNNN` attr per epoch), so 10,000 trials take seconds, not the ~10 minutes of 280,000 single
 writes through `optuna.Study`. The API runs in its own process (uvicorn, no Ray cluster: reads only).
+`database` and `free_port` serve the tests too (tests/conftest.py): one way to make a fresh database.
 """
 
 from __future__ import annotations

@@ -359,6 +359,10 @@ def frozen_trials(session: Session, *, trial_ids: Sequence[int]) -> list[FrozenT
     if not ids:
         return []
     t, v, p, a = _OPTUNA_TRIALS, _OPTUNA_VALUES, _OPTUNA_PARAMS, _OPTUNA_USER_ATTRS
+    # The trials' rows (their states) first: each query sees what was committed when it ran, and Optuna
+    # commits a trial's values with its COMPLETE state, so values read after the state are there. Read
+    # the other way round, a trial told meanwhile showed COMPLETE with no value.
+    rows = {row.trial_id: row for row in session.execute(select(t).where(t.c.trial_id.in_(ids)))}
     values: dict[int, dict[int, float]] = {}
     for tid, objective, value, vtype in session.execute(
         select(v.c.trial_id, v.c.objective, v.c.value, v.c.value_type).where(v.c.trial_id.in_(ids))
@@ -372,12 +376,11 @@ def frozen_trials(session: Session, *, trial_ids: Sequence[int]) -> list[FrozenT
     ):
         params.setdefault(tid, []).append((pname, pvalue, dist))
     attrs: dict[int, dict[str, Any]] = {}
-    rows = session.execute(select(a.c.trial_id, a.c.key, a.c.value_json).where(a.c.trial_id.in_(ids))).all()
+    found = session.execute(select(a.c.trial_id, a.c.key, a.c.value_json).where(a.c.trial_id.in_(ids))).all()
     # One parse of all the page's attrs (each a JSON document, as Optuna wrote it): thousands of
     # json.loads calls were 40% of a page's time.
-    for (tid, key, _), value in zip(rows, json.loads(f"[{','.join(r[2] for r in rows)}]"), strict=True):
+    for (tid, key, _), value in zip(found, json.loads(f"[{','.join(r[2] for r in found)}]"), strict=True):
         attrs.setdefault(tid, {})[key] = value
-    rows = {row.trial_id: row for row in session.execute(select(t).where(t.c.trial_id.in_(ids)))}
     return [_frozen(rows[i], values.get(i), params.get(i, []), attrs.get(i, {})) for i in ids if i in rows]
 
 
