@@ -171,3 +171,29 @@ def test_our_indexes_on_optunas_trials_leave_optuna_reading_and_writing_as_befor
     study.tell(trial, 0.2)
     assert study.get_trials()[trial.number].value == 0.2 and trial.number == len(PLAN) - 1
     again.engine.dispose()
+
+
+def test_a_trial_told_while_its_page_is_read_never_shows_complete_without_its_value(stored, url):
+    """The page's statements see what was committed when each ran: a tell that lands between them must
+    not give a COMPLETE trial with no value (states are read before values)."""
+    (running,) = [t.number for t in _optuna_trials(stored, "b") if t.state == TrialState.RUNNING]
+    other = make_optuna_storage(url)
+    told = []
+
+    def tell_between(_conn, _cursor, statement, *_args):
+        if told == ["after values"]:  # the statement after the values' read: the tell commits first
+            optuna.load_study(study_name="b", storage=other).tell(running, 0.42)
+            told.append("told")
+        elif not told and "FROM trial_values" in statement:
+            told.append("after values")
+
+    event.listen(stored.engine, "before_cursor_execute", tell_between)
+    try:
+        with Session(stored.engine) as s:
+            page, _ = repo.trial_page(s, name="b", offset=0, limit=100)
+    finally:
+        event.remove(stored.engine, "before_cursor_execute", tell_between)
+        other.engine.dispose()
+    assert told == ["after values", "told"]
+    (trial,) = [t for t in page if t.number == running]
+    assert trial.state == TrialState.RUNNING or trial.values == [0.42], (trial.state, trial.values)
