@@ -1,23 +1,37 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Both install what they need into
-# $(VENV) first, and reuse it when it is already there (the stamp is redone when pyproject.toml changes).
+# $(VENV) first, and reuse it when it is already there (the stamp is redone when the lock changes).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.transched-installed
-# The CPU-only torch 2.13.0 wheel cannot load torchvision's ops here; this pair runs on CPU and uses CUDA
-# where it is present.
-TORCH := torch==2.14.1 torchvision==0.29.1
+# Every runtime and dev dependency at its exact version (pip-tools' `pip-compile` over pyproject.toml's
+# ranges and constraints.txt's torch pair); `make lock` refreshes it, tests/test_lock.py checks it.
+LOCK := requirements.lock
 
-.PHONY: install demo test test-fast bench lint format down clean
+.PHONY: install lock demo test test-fast bench lint format down clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# --no-deps: the lock is the whole environment, so pip installs it as it is and resolves nothing; `pip
+# check` then proves it consistent. The project itself goes in editable, built with the locked setuptools.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $@
+
+# Re-resolve every pin to the newest versions the ranges in pyproject.toml allow, from the package index
+# pip is configured with. `make lock UPGRADE=` keeps the pins there are (after adding a dependency: only it
+# and what it needs are resolved); `UPGRADE=--upgrade-package=ray` moves one package. Then `make install`.
+# Not after `install`: with pyproject.toml ahead of the lock, the locked environment fails `pip check`.
+UPGRADE ?= --upgrade
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(VENV)/bin/pip-compile || $(PY) -m pip install --quiet $$(grep '^pip-tools==' $(LOCK))
+	$(VENV)/bin/pip-compile --quiet --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --constraint constraints.txt --output-file $(LOCK) $(UPGRADE) \
+		pyproject.toml
 
 demo: install
 	$(VENV)/bin/transched demo
@@ -25,10 +39,14 @@ demo: install
 # The browser test (tests/service/test_browser.py) drives Debian's chromium; installed only when missing.
 CHROMIUM := /usr/bin/chromium
 
+# Two workers, whole modules each (--dist loadfile): an end-to-end module's server and Ray head are module
+# fixtures, started once on the worker that runs the module; every head has its own ports and temp dir,
+# so two run side by side. Most of an end-to-end test is waiting (a head, a driver, a poll), which the
+# other worker fills: the suite takes about half its serial time (BENCHMARKS.md, "Test suite").
 test: install $(CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra -n 2 --dist loadfile
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -366,6 +366,7 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
         ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", "--include-dashboard=true",
         "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}",
+        f"--ray-client-server-port={_free_port()}",  # Ray's default, 10001, is one for the whole host
         f"--metrics-export-port={metrics_port}", f"--temp-dir={_temp_dir(settings)}",
         f"--min-worker-port={20000}", f"--max-worker-port={29999}",
     ]  # fmt: skip
@@ -375,6 +376,10 @@ def start_local_head(settings: Settings, *, timeout_s: float = 90.0) -> RayClust
     logger.info("starting a local Ray head: %s", " ".join(cmd))
     with open(log_path, "ab") as log:
         env = {k: v for k, v in os.environ.items() if k not in HEAD_ENV_SECRETS}
+        # On SIGTERM, `ray start --block` first drains the node for Ray Serve's sake (up to 30 s by default;
+        # here the drain call itself timed out after 30 s): a local head runs no Serve, and `transched down`
+        # or a restart should not wait half a minute for nothing. The user's own setting wins.
+        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{dash_port}"
     deadline = time.monotonic() + timeout_s

@@ -46,7 +46,13 @@ def server(request, tmp_path_factory):
 def _serve(data_dir, database_url, extra_env=None):
     """Run `transched serve` on a free port until the generator is closed."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TRANSCHED_"))}
+    # Not COLUMNS/LINES either: pytest-xdist's workers set them (80x24), and the CLI run with this
+    # environment would fit its lines to that instead of behaving as in a pipe.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "TRANSCHED_")) and k not in ("COLUMNS", "LINES")
+    }
     env.update(
         TRANSCHED_DATABASE_URL=database_url,
         TRANSCHED_DATA_DIR=str(data_dir),

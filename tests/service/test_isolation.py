@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,13 +38,18 @@ def _other_head(root: Path) -> tuple[subprocess.Popen, str, str, dict[str, str]]
     token = root / "token"
     token.write_text("other-head-token-" + os.urandom(8).hex())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TRANSCHED_"))}
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env |= {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
     gcs, dash = free_port(), free_port()
     ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent))
     cmd = [
         ray_bin, "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
         "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
         f"--metrics-export-port={free_port()}", f"--temp-dir={root / 'ray'}", "--num-cpus=1",
     ]  # fmt: skip
     log = open(root / "head.log", "wb")
@@ -67,7 +73,9 @@ def test_a_newer_head_on_the_host_does_not_capture_the_study(tmp_path_factory):
     from tests.service.test_end_to_end import _serve
 
     data_dir = tmp_path_factory.mktemp("service")
-    other_root = Path(tempfile_dir := tmp_path_factory.mktemp("oth"))
+    # Short, not under pytest's base temp: Ray's socket paths under it must fit in 107 bytes, and an xdist
+    # worker's base temp (.../popen-gw0/) is longer.
+    other_root = Path(tempfile_dir := tempfile.mkdtemp(prefix="transched-oth-"))
     # Whatever `ray.init("auto")` reads under RAY_TMPDIR is the other head's: the service's head, its
     # drivers and trials all inherit this.
     server = _serve(data_dir, f"sqlite:///{data_dir / 'transched.db'}", {"RAY_TMPDIR": str(tempfile_dir)})
@@ -102,3 +110,4 @@ def test_a_newer_head_on_the_host_does_not_capture_the_study(tmp_path_factory):
         server.close()
         if other is not None:
             stop_pid(other.pid)
+        shutil.rmtree(other_root, ignore_errors=True)

@@ -28,6 +28,7 @@ def _ray_node(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
         f"--dashboard-agent-listen-port={free_port()}",
         f"--metrics-export-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     ]
     out = open(log, "wb")
     return subprocess.Popen(
@@ -60,7 +61,10 @@ def cluster(tmp_path_factory):
     token = tmp / "auth_token"
     token.write_text("t" * 64)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TRANSCHED_"))}
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    # No Serve drain on SIGTERM (30 s a node otherwise), as the service's own local head.
+    env.update(
+        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"
+    )
     gcs, dash = free_port(), free_port()
     slot = json.dumps({"trial_slot": 1})
     head = _ray_node(
