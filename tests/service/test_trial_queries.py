@@ -3,6 +3,7 @@ are SQL over Optuna's schema that touches only the rows of the answer; they must
 view of the same study (`optuna.load_study(...).get_trials()`, `.best_trial`), on SQLite and PostgreSQL."""
 
 import math
+import random
 
 import optuna
 import pytest
@@ -36,24 +37,43 @@ PLAN = [
 
 
 def _fill(study: optuna.Study, plan, seed: int) -> None:
+    """The plan's trials, as the driver leaves them. A finished trial is added whole (one transaction:
+    setting its attributes one by one is most of these tests' time); the RUNNING one is asked for and
+    left open, the WAITING one enqueued."""
+    rng = random.Random(seed)
     for i, (state, value) in enumerate(plan):
         if state == "WAITING":
             study.enqueue_trial({"k": 3}, user_attrs={"queued": True})
             continue
-        trial = study.ask(SPACE)
+        params = {
+            "method": rng.choice(SPACE["method"].choices),
+            "t0": rng.random(),
+            "lr": 10 ** rng.uniform(-4, -1),
+            "k": rng.randint(1, 8),
+        }
         method = "multitask" if i % 2 else "smooth"  # what /best?method= filters on, not left to the sampler
-        trial.set_user_attr("sampled", {**trial.params, "method": method, "schedule": i % 2 == 0})
-        trial.set_user_attr("node", f"n{seed}")
-        trial.set_user_attr("info", {"seed": seed, "nested": {"a": [1, 2.5, None]}})
-        for epoch in range(1, 4):
-            trial.set_user_attr(f"epoch:{epoch:05d}", {"epoch": epoch, "val_acc": 0.1 * epoch, "lambda": 0.5})
-        if state == "COMPLETE":
-            study.tell(trial, value)
-        elif state == "PRUNED":
-            trial.report(value, 3)  # a pruned trial keeps its last reported value
-            study.tell(trial, state=TrialState.PRUNED)
-        elif state == "FAIL":
-            study.tell(trial, state=TrialState.FAIL)
+        attrs = {
+            "sampled": {**params, "method": method, "schedule": i % 2 == 0},
+            "node": f"n{seed}",
+            "info": {"seed": seed, "nested": {"a": [1, 2.5, None]}},
+        }
+        attrs |= {f"epoch:{e:05d}": {"epoch": e, "val_acc": 0.1 * e, "lambda": 0.5} for e in range(1, 4)}
+        if state == "RUNNING":
+            trial = study.ask(SPACE)
+            for key, attr in attrs.items():
+                trial.set_user_attr(key, attr)
+            continue
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState[state],
+                value=value,
+                params=params,
+                distributions=SPACE,
+                user_attrs=attrs,
+                # a pruned trial keeps its last reported value
+                intermediate_values={3: value} if state == "PRUNED" else None,
+            )
+        )
 
 
 @pytest.fixture
