@@ -28,7 +28,7 @@ import math
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 GOLDEN = Path(__file__).with_name("golden_runs.json")
 
@@ -73,22 +73,29 @@ CONFIGS: dict[str, dict[str, Any]] = {
 # Per-epoch fields that are pure functions of the step and the config: equal on every machine, to the bit.
 SCHEDULE = ("epoch", "step", "total_steps", "lr", "lambda", "source_weight")
 
-# Relative tolerance of (b) for float results. The recorded kinds differ by at most 2e-7 in any loss of
-# these runs; 1e-4 leaves a margin of 500 and is still far below what one changed seed bit moves (>1e-2).
-REL_TOL = 1e-4
+
+class Tolerance(NamedTuple):
+    """How far check (b) lets a float move: `rel`, relative; an accuracy also by `samples` samples of
+    its evaluation set (a last-bit difference in a logit can flip a borderline prediction)."""
+
+    rel: float
+    samples: int = 1
+
+
+# The recorded kinds differ by at most 2e-7 in any loss of these runs; 1e-4 leaves a margin of 500 and is
+# still far below what one changed seed bit moves (>1e-2).
+TOLERANCE = Tolerance(1e-4)
 # One config grows last bits much faster: its source pretraining, on shifted images, runs into the
-# sigmoid schedule's source phase, and the AVX2 and AVX512 kinds' runs differ by up to 2.5% in the first
-# epoch's source loss and 8% (a few samples) in validation accuracy. Its (b) is that loose; (a) and (c)
-# still hold it exactly.
-REL_TOL_OF = {"source_finetune_augment_schedule": 0.15}
-# An accuracy may also move by one sample of its evaluation set: a last-bit difference in a logit can flip
-# one borderline prediction.
+# sigmoid schedule's source phase. The AVX2 and AVX512 kinds' runs differ by up to 2.5% in the first
+# epoch's source loss and by 3 validation samples (0.304 vs 0.28) in the second epoch; 5% is what the
+# check before issue 16 allowed across kinds (on the first epoch only). (a) and (c) still hold it exactly.
+TOLERANCE_OF = {"source_finetune_augment_schedule": Tolerance(0.05, samples=3)}
 ACCURACY_SET = {"val_acc": "n_val", "best_val_acc": "n_val", "test_acc": "n_test"}
 
 
-def tolerance(name: str) -> float:
-    """The relative tolerance of check (b) for the floats of config `name`."""
-    return REL_TOL_OF.get(name, REL_TOL)
+def tolerance(name: str) -> Tolerance:
+    """Check (b)'s tolerance for the floats of config `name`."""
+    return TOLERANCE_OF.get(name, TOLERANCE)
 
 
 def state_sha256(state: dict[str, Any]) -> str:
@@ -155,29 +162,29 @@ def run(name: str) -> dict[str, Any]:
 
 def exact_differences(got: dict[str, Any], want: dict[str, Any]) -> list[str]:
     """Checks (a) and (c): every bit of every field."""
-    return _differences(got, want, rel_tol=None)
+    return _differences(got, want, tol=None)
 
 
-def tolerant_differences(got: dict[str, Any], want: dict[str, Any], rel_tol: float) -> list[str]:
-    """Check (b): the schedule and every non-float field exactly, floats within `rel_tol` (accuracies
-    also within one sample of their set). The weights' hash is not compared: it differs with any bit."""
-    return _differences(got, want, rel_tol=rel_tol)
+def tolerant_differences(got: dict[str, Any], want: dict[str, Any], tol: Tolerance) -> list[str]:
+    """Check (b): the schedule and every non-float field exactly, floats within `tol`. The weights'
+    hash is not compared: it differs with any bit."""
+    return _differences(got, want, tol=tol)
 
 
-def _differences(got: dict[str, Any], want: dict[str, Any], rel_tol: float | None) -> list[str]:
+def _differences(got: dict[str, Any], want: dict[str, Any], tol: Tolerance | None) -> list[str]:
     """What differs between two runs. A method may record more facts than it did when the record was
     made (issue 11 added XMixup's pairing rounds): `method_info` is compared on the recorded facts."""
     sizes = want["data_sizes"]
     diffs = []
     for key in sorted(want.keys() | got.keys()):
-        if key == "history" or (key == "state_sha256" and rel_tol is not None):
+        if key == "history" or (key == "state_sha256" and tol is not None):
             continue
         if key == "method_info":
             recorded = want.get(key, {})
             mine = {k: _recorded_part(got.get(key, {}).get(k), v) for k, v in recorded.items()}
-            diffs += _value_differences(key, mine, recorded, rel_tol, sizes)
+            diffs += _value_differences(key, mine, recorded, tol, sizes)
         else:
-            diffs += _value_differences(key, got.get(key), want.get(key), rel_tol, sizes)
+            diffs += _value_differences(key, got.get(key), want.get(key), tol, sizes)
     got_h, want_h = got["history"], want["history"]
     if len(got_h) != len(want_h):
         return diffs + [f"history: {len(got_h)} epochs, recorded {len(want_h)}"]
@@ -187,8 +194,10 @@ def _differences(got: dict[str, Any], want: dict[str, Any], rel_tol: float | Non
             diffs.append(f"epoch {epoch}: fields {sorted(g)} != recorded {sorted(w)}")
             continue
         for key in w:
-            tol = None if key in SCHEDULE else rel_tol  # the schedule is exact on every machine
-            diffs += _value_differences(f"epoch {epoch} {key}", g[key], w[key], tol, sizes, field=key)
+            exact = key in SCHEDULE  # the schedule is exact on every machine
+            diffs += _value_differences(
+                f"epoch {epoch} {key}", g[key], w[key], None if exact else tol, sizes, field=key
+            )
     return diffs
 
 
@@ -200,23 +209,23 @@ def _recorded_part(got: Any, recorded: Any) -> Any:
 
 
 def _value_differences(
-    where: str, got: Any, want: Any, rel_tol: float | None, sizes: dict[str, int], field: str | None = None
+    where: str, got: Any, want: Any, tol: Tolerance | None, sizes: dict[str, int], field: str | None = None
 ) -> list[str]:
-    same = got == want if rel_tol is None else _close(got, want, rel_tol, sizes, field or where)
+    same = got == want if tol is None else _close(got, want, tol, sizes, field or where)
     return [] if same else [f"{where}: {got!r} vs recorded {want!r}"]
 
 
-def _close(got: Any, want: Any, rel_tol: float, sizes: dict[str, int], field: str) -> bool:
-    """`got` equals `want` but for floats, which are within `rel_tol` (nested in lists and mappings)."""
+def _close(got: Any, want: Any, tol: Tolerance, sizes: dict[str, int], field: str) -> bool:
+    """`got` equals `want` but for floats, which are within `tol` (nested in lists and mappings)."""
     if isinstance(want, dict) and isinstance(got, dict):
-        return got.keys() == want.keys() and all(_close(got[k], want[k], rel_tol, sizes, k) for k in want)
+        return got.keys() == want.keys() and all(_close(got[k], want[k], tol, sizes, k) for k in want)
     if isinstance(want, list) and isinstance(got, list):
         return len(got) == len(want) and all(
-            _close(g, w, rel_tol, sizes, field) for g, w in zip(got, want, strict=True)
+            _close(g, w, tol, sizes, field) for g, w in zip(got, want, strict=True)
         )
     if isinstance(want, float) and isinstance(got, float):
-        one_sample = 1.0 / sizes[ACCURACY_SET[field]] if field in ACCURACY_SET else 0.0
-        return math.isclose(got, want, rel_tol=rel_tol, abs_tol=one_sample + 1e-12)
+        samples = tol.samples / sizes[ACCURACY_SET[field]] if field in ACCURACY_SET else 0.0
+        return math.isclose(got, want, rel_tol=tol.rel, abs_tol=samples + 1e-12)
     return type(got) is type(want) and got == want
 
 
@@ -228,7 +237,7 @@ def main() -> None:
     if "--json" in args:
         i = args.index("--json")
         out, args = Path(args[i + 1]), args[:i] + args[i + 2 :]
-    names = [a for a in args if a != "--machine"] or list(CONFIGS)
+    names = args or list(CONFIGS)
     runs = {name: run(name) for name in names}
     if out is not None:
         out.write_text(json.dumps(runs, allow_nan=False))

@@ -133,8 +133,14 @@ def test_one_ulp_of_the_schedule_or_a_loss_beyond_the_tolerance_fails_b():
         return {**record, "history": history}
 
     lr = record["history"][1]["lr"]
-    assert golden.tolerant_differences(changed(1, "lr", math.nextafter(lr, math.inf)), record, 1e-4)
+    tol = golden.TOLERANCE
+    assert golden.tolerant_differences(changed(1, "lr", math.nextafter(lr, math.inf)), record, tol)
     loss = record["history"][0]["train_loss_target"]
-    assert golden.tolerant_differences(changed(0, "train_loss_target", loss * (1 + 2e-4)), record, 1e-4)
-    assert not golden.tolerant_differences(changed(0, "train_loss_target", loss * (1 + 2e-7)), record, 1e-4)
+    assert golden.tolerant_differences(changed(0, "train_loss_target", loss * (1 + 2e-4)), record, tol)
+    assert not golden.tolerant_differences(changed(0, "train_loss_target", loss * (1 + 2e-7)), record, tol)
+    # An accuracy two validation samples off fails; one sample off passes.
+    val = record["history"][0]["val_acc"]
+    n_val = record["data_sizes"]["n_val"]
+    assert golden.tolerant_differences(changed(0, "val_acc", val + 2 / n_val), record, tol)
+    assert not golden.tolerant_differences(changed(0, "val_acc", val + 1 / n_val), record, tol)
     assert golden.exact_differences(changed(0, "train_loss_target", math.nextafter(loss, 0.0)), record)
