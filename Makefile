@@ -42,11 +42,13 @@ CHROMIUM := /usr/bin/chromium
 # Two workers, whole modules each (--dist loadfile): an end-to-end module's server and Ray head are module
 # fixtures, started once on the worker that runs the module; every head has its own ports and temp dir,
 # so two run side by side. Most of an end-to-end test is waiting (a head, a driver, a poll), which the
-# other worker fills: the suite takes about half its serial time (BENCHMARKS.md, "Test suite").
+# other worker fills: the suite takes about half its serial time (BENCHMARKS.md, "Test suite"). The
+# `serial` tests then run alone.
 test: install $(CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -ra -n 2 --dist loadfile
+	$(PY) -m pytest -ra -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest -ra -m serial
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -28,7 +28,11 @@ from tests.conftest import PG_ADMIN_URL, free_port, fresh_database
 from tests.service.conftest import SPEC, FakeCluster
 from tests.service.test_end_to_end import _serve
 
-pytestmark = pytest.mark.slow
+# `serial`: `make test` runs this module alone, after the two-worker part. Beside another module, its
+# SQLite lock test failed in 2 of 5 runs: the driver's blocked write waited out the whole 65 s lock
+# without the 30 s busy timeout firing, so no outage was logged (BENCHMARKS.md, "Test suite"). Alone it
+# has always passed. That hang is open; the assertion stays as it is.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 EPOCHS = 8
 N_TRIALS = 6
