@@ -5,25 +5,18 @@ returns are `trainers.TrainConfig` field names, so sampled params merge into the
 Each method's default ranges are facts of the method (trainers/methods/, the registry).
 """
 
-from search_spaces.methods import DEFAULTS, METHOD_DEFAULTS, method_defaults, to_param
+from search_spaces.merge import merge_config
+from search_spaces.methods import DEFAULTS, method_defaults, to_param
 from search_spaces.params import Param, resolve
-from search_spaces.space import (
-    METHOD_SPACE_PARAMS,
-    arm_defaults,
-    arm_name,
-    build_space,
-    method_space,
-    parse_arm,
-)
+from search_spaces.space import arm_defaults, arm_name, build_space, method_space, parse_arm
 
 __all__ = [
     "DEFAULTS",
-    "METHOD_DEFAULTS",
-    "METHOD_SPACE_PARAMS",
     "Param",
     "arm_defaults",
     "arm_name",
     "build_space",
+    "merge_config",
     "method_defaults",
     "method_space",
     "parse_arm",

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_spaces.params import Param
-from trainers.methods import REGISTRY, SCHEDULE_SPACE, Fixed, Range, method_class
+from trainers.methods import SCHEDULE_SPACE, Fixed, Range, method_class
 
 
 def to_param(default: Range | Fixed) -> Param:
@@ -33,7 +33,5 @@ def method_defaults(method: str, trainer: Mapping[str, Any] | None = None) -> di
 
 
 DEFAULTS: dict[str, Param] = {name: to_param(d) for name, d in SCHEDULE_SPACE.items()}
-# A snapshot of the built-in methods' defaults; `method_defaults` also knows methods registered later.
-METHOD_DEFAULTS: dict[str, dict[str, Param]] = {m: method_defaults(m) for m in REGISTRY}
 
-__all__ = ["DEFAULTS", "METHOD_DEFAULTS", "method_defaults", "to_param"]
+__all__ = ["DEFAULTS", "method_defaults", "to_param"]

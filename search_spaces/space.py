@@ -15,12 +15,10 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from search_spaces.methods import DEFAULTS, METHOD_DEFAULTS, method_defaults
+from search_spaces.methods import DEFAULTS, method_defaults
 from search_spaces.params import Param, resolve
 from trainers.methods import method_class
 
-# The params each built-in method searches (a snapshot; `method_defaults` reads the live registry).
-METHOD_SPACE_PARAMS: dict[str, tuple[str, ...]] = {m: tuple(d) for m, d in METHOD_DEFAULTS.items()}
 SCHEDULE_SUFFIX = "+schedule"
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from service import auth
+from service.db import check_optuna_schema
 from service.db_retry import is_transient, short
 from service.deps import AppState
 from service.errors import (
@@ -121,7 +122,9 @@ def create_app(
         if problem := auth.bind_problem(settings):
             raise RuntimeError(problem)
         state = AppState.open(settings, cluster=cluster, connect=connect)
-        # Resumes interrupted studies and admits queued ones, at start and periodically.
+        check_optuna_schema(state.storage)  # we read Optuna's tables directly: refuse another schema
+        # Resumes interrupted studies and admits queued ones: once before serving, then periodically (no
+        # request does: a GET only reads).
         supervisor = Supervisor(state, settings.supervise_interval_s)
         supervisor.start()
         try:

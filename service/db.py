@@ -1,7 +1,8 @@
 """The SQL study store: our table of studies beside Optuna's own schema, in one database.
 
-Trials are not copied into our tables: they live in Optuna's RDB schema (written by OptunaSearch), so
-``optuna.load_study(study_name=..., storage=URL)`` and optuna-dashboard read them as they are.
+Trials are not copied into our tables: they live in Optuna's RDB schema (written by the driver's ledger,
+service.ledger), so ``optuna.load_study(study_name=..., storage=URL)`` and optuna-dashboard read them
+as they are.
 """
 
 from __future__ import annotations
@@ -133,6 +134,39 @@ def make_optuna_storage(
         }
     # No heartbeat: Optuna's heartbeat only runs inside study.optimize(), never under ask-and-tell.
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+# The revision of Optuna's RDB schema (its alembic_version) that our direct reads and writes of its tables
+# are written for: service/repository.py's `_OPTUNA_*` tables (and the trial writes beside it). Optuna 5.1's
+# head; `RDBStorage.get_current_version()` of a database Optuna has just made says it.
+OPTUNA_SCHEMA_VERSION = "v3.2.0.a"
+
+
+def check_optuna_schema(storage: RDBStorage) -> None:
+    """Refuse to run on an Optuna schema other than the one `OPTUNA_SCHEMA_VERSION` names: the service
+    reads (and writes) Optuna's tables directly, past its storage API, and a different schema would be
+    misread silently. Raises RuntimeError naming the versions found and expected and what to do."""
+    import optuna
+
+    found = storage.get_current_version()
+    if found == OPTUNA_SCHEMA_VERSION:
+        return
+    expected, head = OPTUNA_SCHEMA_VERSION, storage.get_head_version()
+    where = f"Optuna's schema in the database is {found}; this service reads Optuna's tables directly"
+    where += f" and is written for schema {expected}"
+    if head == expected:  # the installed Optuna is the one we are written for: the database is behind
+        todo = (
+            f"upgrade the database's Optuna schema to {expected}: `optuna storage upgrade --storage "
+            "<the database URL>` (back it up first)"
+        )
+    else:
+        todo = (
+            f"the installed optuna {optuna.__version__} has schema {head}: install the optuna this "
+            f"service is pinned to (requirements.lock; its schema is {expected}), or port "
+            "service/repository.py's Optuna tables to the new schema and set OPTUNA_SCHEMA_VERSION "
+            "(service/db.py)"
+        )
+    raise RuntimeError(f"{where}: refusing to start. To fix it, {todo}.")
 
 
 def _db_args(settings: Settings, pool_size: int | None, max_overflow: int | None) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Surviving database outages: which errors are worth waiting out, a retry policy with backoff, and an
 Optuna storage that retries every call.
 
-A study's driver is the only writer of its study while it runs (OptunaSearch writes the trials, the driver
-its study row), so a locked SQLite file, a restarted PostgreSQL or killed connections must not end it:
+A study's driver is the only writer of its study while it runs (its ledger writes the trials, the driver its
+study row), so a locked SQLite file, a restarted PostgreSQL or killed connections must not end it:
 each database call is retried with exponential backoff and jitter until it succeeds or `budget_s` (the
 setting TRANSCHED_DB_RETRY_S) has passed. The API does not wait: it answers 503 with Retry-After
 (`service.api`), using the same `is_transient`.
@@ -22,8 +22,7 @@ import tenacity
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
-from optuna.study._frozen import FrozenStudy
-from optuna.study._study_direction import StudyDirection
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
@@ -180,8 +179,8 @@ def _delegate(name: str) -> Callable[..., Any]:
 
 
 class RetryingStorage(BaseStorage):
-    """An Optuna storage whose every call is retried across a database outage (see `DbRetry`); OptunaSearch
-    and the samplers use it as they use any storage.
+    """An Optuna storage whose every call is retried across a database outage (see `DbRetry`); the driver
+    and `optuna.load_study` use it as they use any storage.
 
     Retrying is safe because the driver is its study's only writer: user attrs, intermediate values and
     system attrs are upserts, params ignore the duplicate a repeated insert makes, and a study created
@@ -190,21 +189,33 @@ class RetryingStorage(BaseStorage):
     a repeated `create_new_trial` first adopts a trial that appeared since the call began, and a
     repeated state change that finds the trial already in that state counts as done."""
 
-    def __init__(self, inner: BaseStorage, retry: DbRetry):
-        self.inner, self.retry = inner, retry
+    def __init__(self, inner: BaseStorage, retry: DbRetry, rdb: Any = None):
+        self.inner, self.retry, self.rdb = inner, retry, rdb
+
+    @property
+    def engine(self) -> Any:
+        """The engine of the RDBStorage behind it (`rdb`), for the service's own reads and writes of
+        Optuna's tables, as on the RDBStorage the API holds."""
+        return self.rdb.engine
 
     def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        before = self.retry.call(self._trial_ids, study_id, what="create_new_trial")
+        before = self.retry.call(self.trial_numbers, study_id, what="create_new_trial")
         attempts = 0
 
         def once() -> int:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                new = self._trial_ids(study_id) - before
+                new = self.trial_numbers(study_id) - before
                 if new:  # the lost attempt's commit went through: that trial is ours, not a second one
-                    logger.warning("adopted trial %d, created by an attempt whose answer was lost", min(new))
-                    return min(new)
+                    number = min(new)
+                    trial_id = self.inner.get_trial_id_from_study_id_trial_number(study_id, number)
+                    logger.warning(
+                        "adopted trial %d (id %d), created by an attempt whose answer was lost",
+                        number,
+                        trial_id,
+                    )
+                    return trial_id
             return self.inner.create_new_trial(study_id, template_trial)
 
         return self.retry.call(once, what="create_new_trial")
@@ -229,8 +240,9 @@ class RetryingStorage(BaseStorage):
 
         return self.retry.call(once, what="set_trial_state_values")
 
-    def _trial_ids(self, study_id: int) -> set[int]:
-        return {t._trial_id for t in self.inner.get_all_trials(study_id, deepcopy=False)}
+    def trial_numbers(self, study_id: int) -> set[int]:
+        """The numbers of the study's trials, as the wrapped storage has them now (not retried)."""
+        return {t.number for t in self.inner.get_all_trials(study_id, deepcopy=False)}
 
     def get_all_trials(
         self, study_id: int, deepcopy: bool = True, states: Container[TrialState] | None = None
@@ -252,9 +264,7 @@ class RetryingStorage(BaseStorage):
             what="set_trial_param",
         )
 
-    def get_all_studies(self) -> list[FrozenStudy]:
-        return self.retry.call(self.inner.get_all_studies, what="get_all_studies")
-
+    get_all_studies = _delegate("get_all_studies")  # -> list[FrozenStudy], a type Optuna does not export
     delete_study = _delegate("delete_study")
     set_study_user_attr = _delegate("set_study_user_attr")
     set_study_system_attr = _delegate("set_study_system_attr")
@@ -283,7 +293,7 @@ def retrying_storage(storage: BaseStorage, retry: DbRetry) -> RetryingStorage:
     """`storage` (an RDBStorage) behind Optuna's own trial cache, every call retried across outages."""
     from optuna.storages import get_storage
 
-    return RetryingStorage(get_storage(storage), retry)
+    return RetryingStorage(get_storage(storage), retry, rdb=storage)
 
 
 def with_session(sessions: Callable[[], Any], retry: DbRetry, fn: Callable[..., T], /, **kwargs: Any) -> T:

@@ -81,7 +81,8 @@ class RayCluster:
     token: str | None = None
     # The local head's GCS address, handed to its drivers so they join this head and no other.
     gcs_address: str | None = None
-    _client: Any = field(default=None, init=False, repr=False, compare=False)
+    # The job API client, made on first use by `client()`.
+    job_client: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -89,18 +90,36 @@ class RayCluster:
 
     def client(self):  # -> JobSubmissionClient; imported lazily: ray is heavy
         """The job API client, made once (it checks the dashboard's version on creation)."""
-        if self._client is None:
+        if self.job_client is None:
             from ray.job_submission import JobSubmissionClient
 
-            self._client = JobSubmissionClient(self.dashboard_url, headers=self.headers)
-        return self._client
+            self.job_client = JobSubmissionClient(self.dashboard_url, headers=self.headers)
+        return self.job_client
 
     def resources(self) -> dict[str, float]:
-        """Total logical resources of the cluster (CPU, GPU, ...), from the dashboard's status."""
-        resp = httpx.get(f"{self.dashboard_url}/api/cluster_status", headers=self.headers, timeout=10)
-        resp.raise_for_status()
-        usage = resp.json()["data"]["clusterStatus"]["loadMetricsReport"]["usage"]
-        return {name: float(used_total[1]) for name, used_total in usage.items()}
+        """Total logical resources of the cluster's live nodes (CPU, GPU, custom ones, ...), summed over
+        Ray's State API node list (`ray.util.state`, the SDK of `ray list nodes --detail`): over HTTP to
+        the dashboard, no driver connection. `StateApiClient` is what `ray.util.state.list_nodes` runs,
+        made here with this cluster's auth headers (`list_nodes` takes none: it reads only this
+        process's RAY_AUTH_* environment, and a remote cluster's token may come from settings)."""
+        from ray.util.state import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        # resources_total is a detail column; Ray gives the HTTP request 80% of `timeout`: 13 -> 10 s. All
+        # nodes, the dead ones filtered here: with a state filter (Ray pushes it down to the GCS) the
+        # answer's `total` counts the dead ones too, and the missing-output check takes them for truncated
+        # data. 10k is the API's maximum; the GCS keeps at most 1000 dead nodes by default.
+        options = ListApiOptions(detail=True, limit=10_000, timeout=13)
+        nodes = StateApiClient(self.dashboard_url, headers=self.headers).list(
+            StateResource.NODES, options=options, raise_on_missing_output=True
+        )
+        total: dict[str, float] = {}
+        for node in nodes:
+            if node.state != "ALIVE":
+                continue
+            for name, amount in (node.resources_total or {}).items():
+                total[name] = total.get(name, 0.0) + float(amount)
+        return total
 
     def submit_study(
         self,
@@ -452,8 +471,9 @@ def resource_problem(spec: StudySpec, cluster: dict[str, float], *, gpus_only: b
     """Why no trial of this spec could ever be scheduled on this cluster, or None.
 
     Tune would otherwise keep such trials pending forever, and the study would hang. `gpus_only` is for
-    the API's early check on the dashboard's status report, whose CPU count lags a fresh cluster and
-    whose custom resource names come back renamed; the driver checks everything with Ray's own view.
+    the API's early check on `RayCluster.resources`, which lags the cluster (a fresh head's node list is
+    empty for a moment; a node joining or leaving shows late); the driver checks everything with Ray's
+    own view.
     """
     gpus, cpus = cluster.get("GPU", 0.0), cluster.get("CPU", 0.0)
     if spec.gpus_per_trial > gpus:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from optuna.trial import FrozenTrial, TrialState
 
+from service import ledger
 from service import repository as repo
 from service.db import Study
 from service.schemas import StudySpec
@@ -50,15 +51,19 @@ class Report:
 
     def curve(self, trial: FrozenTrial) -> tuple[list[float], list[float]]:
         """(t/T, lambda(t)) of a trial's run, t = 1..T."""
-        from service.trainable import merge_config
+        from search_spaces import merge_config
         from trainers.schedule import run_loss_weight
 
         config = merge_config(
             self.spec.trainer.to_dict(), params(trial), cpus_per_trial=self.spec.cpus_per_trial
         )
-        T = int(trial.user_attrs.get("total_steps") or DEFAULT_T)
+        T = int(ledger.TrialRecord.from_trial(trial).total_steps or DEFAULT_T)
         steps = sorted({max(1, round(i * T / CURVE_POINTS)) for i in range(CURVE_POINTS + 1)})
         return [t / T for t in steps], [run_loss_weight(config, t, T) for t in steps]
+
+
+def _of_arm(arm: str):
+    return lambda t: "method" in params(t) and trial_arm(t) == arm
 
 
 def study_report(study: Study, *, storage: BaseStorage) -> Report:
@@ -70,10 +75,12 @@ def study_report(study: Study, *, storage: BaseStorage) -> Report:
         if "method" in params(t):
             arms.setdefault(trial_arm(t), ArmSummary(trial_arm(t))).trials += 1
     for summary in arms.values():
-        done = [t for t in trials if t.state == TrialState.COMPLETE and trial_arm(t) == summary.arm]
-        done.sort(key=lambda t: (-t.value, t.number))  # the best first, the earliest on ties (as /best)
+        done = ledger.best_first(t for t in trials if _of_arm(summary.arm)(t))
         summary.complete, summary.top = len(done), done[:TOP_PER_ARM]
-        summary.best = done[0] if done else None
+        # The arm's best as /best?method=<arm> finds it: the one definition of a best trial.
+        summary.best = ledger.best_trial(
+            storage, name=study.optuna_study_name, where=_of_arm(summary.arm), key=summary.arm
+        )
     return Report(study=study, spec=spec, trials=trials, arms=arms)
 
 
@@ -185,7 +192,7 @@ def _methods_table(report: Report) -> str:
         rows.append(
             f"<tr><td>{html.escape(s.arm)}</td><td class=num>{s.complete} / {s.trials}</td>"
             f"<td class=num>{_num(b.value if b else None)}</td>"
-            f"<td class=num>{_num(b.user_attrs.get('test_acc') if b else None)}</td>"
+            f"<td class=num>{_num(ledger.TrialRecord.from_trial(b).test_acc if b else None)}</td>"
             f"<td class=num>{b.number if b else '—'}</td><td><code>{_params(b) if b else ''}</code></td></tr>"
         )
     head = "<tr><th>method</th><th>complete / trials</th><th>best val acc</th><th>its test acc</th>"
@@ -200,7 +207,7 @@ def _trials_table(report: Report) -> str:
         rows.append(
             f"<tr><td class=num>{t.number}</td><td>{html.escape(arm)}</td>"
             f"<td class=state-{t.state.name}>{t.state.name}</td><td class=num>{_num(value)}</td>"
-            f"<td class=num>{_num(t.user_attrs.get('test_acc'))}</td>"
+            f"<td class=num>{_num(ledger.TrialRecord.from_trial(t).test_acc)}</td>"
             f"<td class=num>{len(repo.epoch_history(t))}</td><td><code>{_params(t)}</code></td></tr>"
         )
     head = "<tr><th>#</th><th>method</th><th>state</th><th>val acc</th><th>test acc</th><th>epochs</th>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,10 @@ from sqlalchemy import (
     and_,
     case,
     column,
+    delete,
     func,
+    insert,
+    or_,
     over,
     select,
     table,
@@ -36,7 +40,6 @@ from service.db import Study, StudyStatus, utcnow
 
 # The states in which a study holds (or is about to hold) a driver: what the admission limit counts.
 ACTIVE = (StudyStatus.pending, StudyStatus.running, StudyStatus.stopping)
-LIVE = (StudyStatus.queued, *ACTIVE)
 
 
 def create_study(
@@ -164,11 +167,6 @@ def list_studies(session: Session, *, offset: int, limit: int) -> tuple[list[Stu
     return list(rows), total
 
 
-def set_job(session: Session, *, study_id: str, ray_job_id: str) -> None:
-    session.execute(update(Study).where(Study.id == study_id).values(ray_job_id=ray_job_id))
-    session.commit()
-
-
 def set_status(
     session: Session,
     *,
@@ -227,8 +225,8 @@ def reap_running_trials(
     state: optuna.trial.TrialState = optuna.trial.TrialState.FAIL,
 ) -> int:
     """Mark RUNNING trials FAIL (or `state`: PRUNED for those a stop cut). Optuna's heartbeat does not run
-    under ask-and-tell (OptunaSearch), so trials of a driver that ended or died would stay RUNNING forever
-    otherwise. How many."""
+    under ask-and-tell (the driver's ledger), so trials of a driver that ended or died would stay RUNNING
+    forever otherwise. How many."""
     return len(reap_running_trial_numbers(storage, name=name, state=state))
 
 
@@ -384,6 +382,38 @@ def frozen_trials(session: Session, *, trial_ids: Sequence[int]) -> list[FrozenT
     return [_frozen(rows[i], values.get(i), params.get(i, []), attrs.get(i, {})) for i in ids if i in rows]
 
 
+def frozen_trials_by_id(session: Session, *, trial_ids: Sequence[int]) -> dict[int, FrozenTrial]:
+    """`frozen_trials` keyed by trial id (an id with no trial is left out)."""
+    ids = list(dict.fromkeys(trial_ids))
+    found = (
+        {
+            row.trial_id
+            for row in session.execute(
+                select(_OPTUNA_TRIALS.c.trial_id).where(_OPTUNA_TRIALS.c.trial_id.in_(ids))
+            )
+        }
+        if ids
+        else set()
+    )
+    kept = [i for i in ids if i in found]
+    return dict(zip(kept, frozen_trials(session, trial_ids=kept), strict=True))
+
+
+def trials_by_number(session: Session, numbers: dict[str, int]) -> dict[str, FrozenTrial]:
+    """The trial of each named Optuna study with the given number (left out where there is none)."""
+    if not numbers:
+        return {}
+    studies, trials = _OPTUNA_STUDIES, _OPTUNA_TRIALS
+    which = or_(*(and_(studies.c.study_name == n, trials.c.number == k) for n, k in numbers.items()))
+    rows = session.execute(
+        select(studies.c.study_name, trials.c.trial_id)
+        .join_from(trials, studies, trials.c.study_id == studies.c.study_id)
+        .where(which)
+    ).all()
+    by_id = frozen_trials_by_id(session, trial_ids=[tid for _, tid in rows])
+    return {name: by_id[tid] for name, tid in rows if tid in by_id}
+
+
 @functools.lru_cache(maxsize=1024)
 def _distribution(distribution_json: str) -> Any:  # a study's trials share a few distributions
     return json_to_distribution(distribution_json)
@@ -446,8 +476,8 @@ def best_trial_ids(session: Session, *, names: Sequence[str]) -> dict[str, int]:
 def best_trials(session: Session, *, names: Sequence[str]) -> dict[str, FrozenTrial]:
     """The best COMPLETE trial of each named Optuna study that has one (the earliest on ties)."""
     ids = best_trial_ids(session, names=names)
-    by_id = {t._trial_id: t for t in frozen_trials(session, trial_ids=list(ids.values()))}
-    return {name: by_id[i] for name, i in ids.items()}
+    by_id = frozen_trials_by_id(session, trial_ids=list(ids.values()))
+    return {name: by_id[i] for name, i in ids.items() if i in by_id}
 
 
 def complete_trials_best_first(session: Session, *, name: str, batch: int = 50) -> Iterator[FrozenTrial]:
@@ -464,6 +494,163 @@ def complete_trials_best_first(session: Session, *, name: str, batch: int = 50) 
         if len(ids) < batch:
             return
         offset += batch
+
+
+_OPTUNA_INTERMEDIATE = table(
+    "trial_intermediate_values",
+    column("trial_id", Integer),
+    column("step", Integer),
+    column("intermediate_value", Float),
+    column(
+        "intermediate_value_type",
+        Enum("FINITE", "INF_POS", "INF_NEG", "NAN", name="trialintermediatevaluetype"),
+    ),
+)
+
+
+def _intermediate_repr(value: float) -> tuple[float | None, str]:
+    # As Optuna's TrialIntermediateValueModel.intermediate_value_to_stored_repr stores it.
+    if math.isnan(value):
+        return None, "NAN"
+    if math.isinf(value):
+        return None, "INF_POS" if value > 0 else "INF_NEG"
+    return value, "FINITE"
+
+
+def write_trial_facts(
+    session: Session,
+    *,
+    trial_id: int,
+    attrs: dict[str, Any],
+    step: int | None = None,
+    value: float | None = None,
+) -> bool:
+    """Set user attrs of a RUNNING trial (and its intermediate `value` at `step`) in one transaction, as
+    Optuna's `set_trial_user_attr` / `set_trial_intermediate_value` would one transaction each (values as
+    JSON, an existing key or step replaced). False, and nothing written, if the trial is not RUNNING
+    (Optuna refuses to change a finished trial). Safe to repeat: a retried call writes the same rows."""
+    t, a, iv = _OPTUNA_TRIALS, _OPTUNA_USER_ATTRS, _OPTUNA_INTERMEDIATE
+    state = session.scalar(select(t.c.state).where(t.c.trial_id == trial_id))
+    if state != TrialState.RUNNING:
+        session.rollback()
+        return False
+    if attrs:
+        session.execute(delete(a).where(a.c.trial_id == trial_id, a.c.key.in_(list(attrs))))
+        session.execute(
+            insert(a),
+            [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()],
+        )
+    if step is not None and value is not None:
+        stored, kind = _intermediate_repr(float(value))
+        session.execute(delete(iv).where(iv.c.trial_id == trial_id, iv.c.step == step))
+        session.execute(
+            insert(iv).values(
+                trial_id=trial_id, step=step, intermediate_value=stored, intermediate_value_type=kind
+            )
+        )
+    session.commit()
+    return True
+
+
+_OPTUNA_SYSTEM_ATTRS = table(
+    "trial_system_attributes", column("trial_id", Integer), column("key", String), column("value_json", Text)
+)
+
+
+def create_running_trial(
+    session: Session,
+    *,
+    study_id: int,
+    params: dict[str, tuple[float, str]],
+    user_attrs: dict[str, Any],
+    system_attrs: dict[str, Any],
+) -> tuple[int, int]:
+    """A new RUNNING trial of an Optuna study with its params (name -> (internal value, distribution
+    JSON)) and attributes, in one transaction, as Optuna's `create_new_trial` with a template writes it
+    (numbered like Optuna, under a lock of the study's row: the trials before it in the study). The
+    trial's (id, number)."""
+    studies, t = _OPTUNA_STUDIES, _OPTUNA_TRIALS
+    session.execute(select(studies.c.study_id).where(studies.c.study_id == study_id).with_for_update())
+    number = session.scalar(select(func.count()).select_from(t).where(t.c.study_id == study_id)) or 0
+    row = {
+        "study_id": study_id,
+        "number": number,
+        "state": TrialState.RUNNING,
+        "datetime_start": datetime.now(),
+    }
+    trial_id = session.execute(insert(t).values(**row).returning(t.c.trial_id)).scalar_one()
+    if params:
+        session.execute(
+            insert(_OPTUNA_PARAMS),
+            [
+                {"trial_id": trial_id, "param_name": k, "param_value": v, "distribution_json": d}
+                for k, (v, d) in params.items()
+            ],
+        )
+    for target, attrs in ((_OPTUNA_USER_ATTRS, user_attrs), (_OPTUNA_SYSTEM_ATTRS, system_attrs)):
+        if attrs:
+            session.execute(
+                insert(target),
+                [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()],
+            )
+    session.commit()
+    return trial_id, number
+
+
+def trial_created_with(session: Session, *, study_id: int, key: str, token: str) -> tuple[int, int] | None:
+    """The (id, number) of the study's trial whose system attr `key` is `token`, if there is one: the trial
+    a creation whose answer was lost did make."""
+    t, a = _OPTUNA_TRIALS, _OPTUNA_SYSTEM_ATTRS
+    row = session.execute(
+        select(t.c.trial_id, t.c.number)
+        .join_from(a, t, a.c.trial_id == t.c.trial_id)
+        .where(t.c.study_id == study_id, a.c.key == key, a.c.value_json == json.dumps(token))
+    ).first()
+    return (row.trial_id, row.number) if row else None
+
+
+def finish_trial(
+    session: Session,
+    *,
+    trial_id: int,
+    state: TrialState,
+    value: float | None,
+    attrs: dict[str, Any] | None = None,
+) -> bool:
+    """End a RUNNING trial: its state, its value (objective 0) and completion time, and `attrs` (user
+    attrs) with them, in one transaction, as Optuna's `set_trial_state_values` writes them. False, and
+    nothing written, if the trial is not RUNNING (ended already: a repeated call finds it so)."""
+    t = _OPTUNA_TRIALS
+    moved = session.execute(
+        update(t)
+        .where(t.c.trial_id == trial_id, t.c.state == TrialState.RUNNING)
+        .values(state=state, datetime_complete=datetime.now())
+    ).rowcount
+    if not moved:
+        session.rollback()
+        return False
+    if value is not None:
+        stored = (
+            (None, "INF_POS")
+            if value == math.inf
+            else (None, "INF_NEG")
+            if value == -math.inf
+            else (value, "FINITE")
+        )
+        session.execute(
+            insert(_OPTUNA_VALUES).values(
+                trial_id=trial_id, objective=0, value=stored[0], value_type=stored[1]
+            )
+        )
+    if attrs:
+        a = _OPTUNA_USER_ATTRS
+        session.execute(delete(a).where(a.c.trial_id == trial_id, a.c.key.in_(list(attrs))))
+        session.execute(
+            insert(a),
+            [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()],
+        )
+    session.commit()
+    return True
 
 
 # Indexes on Optuna's `trials` table for the reads above: a page by number and the counts by state walk an

@@ -64,7 +64,6 @@ def _method_model(method: str) -> type[_MethodBase]:
 
 # Built when this module is imported, from the method registry as it is then (a method registered
 # before the service is imported is part of the REST schema).
-METHOD_DOCS = {m: method_class(m).doc for m in method_names()}
 METHOD_MODELS = {m: _method_model(m) for m in method_names()}
 MethodSpec = Annotated[Union[tuple(METHOD_MODELS.values())], Field(discriminator="method")]  # noqa: UP007
 

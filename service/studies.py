@@ -11,18 +11,17 @@ import functools
 import hashlib
 import json
 import logging
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from search_spaces import arm_name, parse_arm
+from search_spaces import merge_config, parse_arm
+from service import ledger
 from service import repository as repo
 from service.db import Study, StudyStatus, utcnow
 from service.errors import ClusterUnavailable, Conflict, InvalidForStudy, NotFound
@@ -236,9 +235,8 @@ def job_logs(study_id: str, *, sessions: Sessions, cluster: Cluster | None) -> s
 
 
 def params(trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's sampled config: Optuna's params plus the constants of the space (e.g. the method of a
-    one-method study), as the driver stored them."""
-    return dict(trial.user_attrs.get("sampled") or trial.params)
+    """The trial's sampled config (service.ledger.sampled_config)."""
+    return ledger.sampled_config(trial)
 
 
 def _optuna_session(storage: BaseStorage) -> Session:
@@ -258,77 +256,6 @@ def stored_spec(study: Study) -> StudySpec:
     return _spec_from_json(json.dumps(study.spec, sort_keys=True))
 
 
-class BestCache:
-    """Best trial ids by (database, Optuna study name, its number of COMPLETE trials, the filter's name):
-    the best of a study is found once per new completed trial, not on every read. It stays correct while a
-    study runs: Optuna never changes a finished trial, so COMPLETE trials only ever join a study, and a
-    study with as many as when its best was found has the same ones, and the same best. Bounded."""
-
-    def __init__(self, size: int = 4096):
-        self._ids: OrderedDict[tuple[str, str, int, str | None], int | None] = OrderedDict()
-        self._size, self._lock = size, threading.Lock()
-
-    def get(self, key: tuple[str, str, int, str | None]) -> int | None | bool:
-        """The cached id (None: no such trial), or False where nothing is cached."""
-        with self._lock:
-            return self._ids.get(key, False)
-
-    def put(self, key: tuple[str, str, int, str | None], trial_id: int | None) -> None:
-        with self._lock:
-            self._ids[key] = trial_id
-            while len(self._ids) > self._size:
-                self._ids.popitem(last=False)
-
-
-BEST = BestCache()
-
-
-def _optuna_session(storage: BaseStorage) -> Session:
-    """A session on the database of Optuna's storage (an `RDBStorage`: the service's store)."""
-    return Session(storage.engine)  # type: ignore[attr-defined]
-
-
-def _database(session: Session) -> str:  # one process may read several databases (tests, tools)
-    return session.get_bind().url.render_as_string(hide_password=True)
-
-
-def _bests(session: Session, counts: dict[str, dict[str, int]], names: list[str]) -> dict[str, FrozenTrial]:
-    """The best trial of each named study (given its trial counts): from the cache, or one window query
-    for the studies whose completed trials changed since; then those trials by id."""
-    db = _database(session)
-    keys = {n: (db, n, counts.get(n, {}).get("COMPLETE", 0), None) for n in names}
-    ids = {n: BEST.get(k) for n, k in keys.items() if k[2]}  # no completed trial: no best
-    missing = [n for n, i in ids.items() if i is False]
-    found = repo.best_trial_ids(session, names=missing)
-    for name in missing:
-        ids[name] = found.get(name)
-        BEST.put(keys[name], ids[name])
-    by_id = {t._trial_id: t for t in repo.frozen_trials(session, trial_ids=[i for i in ids.values() if i])}
-    return {n: by_id[i] for n, i in ids.items() if i and i in by_id}
-
-
-def best_trial(
-    storage: BaseStorage, *, name: str, where: TrialFilter | None = None, key: str | None = None
-) -> FrozenTrial | None:
-    """The best completed trial of an Optuna study, or of those of its trials `where` keeps (`key` names
-    the filter, for the cache); None if none: the highest value, the earliest trial on ties. One
-    ORDER BY over the study's complete trials once per newly completed trial; with a filter, read best
-    first only until the first trial it keeps."""
-    with _optuna_session(storage) as session:
-        counts = repo.trial_counts(session, names=[name])
-        if where is None:
-            return _bests(session, counts, [name]).get(name)
-        cache_key = (_database(session), name, counts.get(name, {}).get("COMPLETE", 0), key)
-        trial_id = BEST.get(cache_key) if key is not None else False
-        if trial_id is False:
-            ranked = repo.complete_trials_best_first(session, name=name)
-            best = next((t for t in ranked if where(t)), None)
-            if key is not None:
-                BEST.put(cache_key, best._trial_id if best else None)
-            return best
-        return repo.frozen_trials(session, trial_ids=[trial_id])[0] if trial_id else None
-
-
 def study_page(
     *,
     sessions: Sessions,
@@ -336,14 +263,11 @@ def study_page(
     offset: int,
     limit: int,
     links: Callable[[str, str | None], Links],
-    check: Callable[[Study], Study] | None = None,
 ) -> StudyPage:
-    """A page of studies, newest first, each with its trial counts and best trial so far; `check` (the
-    supervisor's) settles each live study against its driver first."""
+    """A page of studies, newest first, each with its trial counts and best trial so far, as stored: it
+    only reads (settling a live study is the supervisor's, service.supervisor)."""
     with sessions() as session:
         rows, total = repo.list_studies(session, offset=offset, limit=limit)
-    if check is not None:
-        rows = [row if StudyStatus(row.status).terminal else check(row) for row in rows]
     items = overviews(rows, sessions=sessions, storage=storage, links=links)
     return StudyPage(items=items, total=total, offset=offset, limit=limit)
 
@@ -359,7 +283,7 @@ def overviews(
     names = [s.optuna_study_name for s in studies]
     with sessions() as session:
         counts = repo.trial_counts(session, names=names)
-        best = _bests(session, counts, names)
+        best = ledger.bests(session, names)
     return [
         _overview(s, counts.get(s.optuna_study_name, {}), best.get(s.optuna_study_name), links)
         for s in studies
@@ -395,32 +319,30 @@ def trials_page(study: Study, *, storage: BaseStorage, offset: int, limit: int) 
 
 
 def _trial_out(t: FrozenTrial) -> TrialOut:
+    record = ledger.TrialRecord.from_trial(t)
     return TrialOut(
-        number=t.number,
-        state=t.state.name,
-        value=t.value if t.state == TrialState.COMPLETE else None,
-        params=params(t),
-        epochs=repo.epoch_history(t),
-        node=t.user_attrs.get("node"),
-        node_id=t.user_attrs.get("node_id"),
-        device=t.user_attrs.get("device"),
-        restarts=t.user_attrs.get("restarts", 0),
-        error=t.user_attrs.get("error"),
-        info=t.user_attrs.get("info") or {},
-        total_steps=t.user_attrs.get("total_steps"),
-        reused_from=t.user_attrs.get("reused_from"),
-        datetime_start=t.datetime_start,
-        datetime_complete=t.datetime_complete,
+        number=record.number,
+        state=record.state,
+        value=record.value,
+        params=record.sampled,
+        epochs=record.epochs,
+        node=record.node,
+        node_id=record.node_id,
+        device=record.device,
+        restarts=record.restarts,
+        error=record.error,
+        info=record.info,
+        total_steps=record.total_steps,
+        reused_from=record.origin.of if record.origin.kind == "reused" else None,
+        datetime_start=record.datetime_start,
+        datetime_complete=record.datetime_complete,
     )
 
 
 # --- the best config ------------------------------------------------------------------------------------
 
 
-def trial_arm(trial: FrozenTrial) -> str:
-    """The study arm a trial belongs to: its method, or ``<method>+schedule``."""
-    p = params(trial)
-    return arm_name(p["method"], bool(p.get("schedule")))
+trial_arm = ledger.trial_arm
 
 
 def method_filter(arms: list[str], method: str) -> TrialFilter | None:
@@ -444,7 +366,7 @@ def best_config(study: Study, *, storage: BaseStorage, method: str | None = None
         where = method_filter(arms, method)
         if where is None:
             raise InvalidForStudy(f"study {study.id} has no method {method!r}; it has {', '.join(arms)}")
-    trial = best_trial(storage, name=study.optuna_study_name, where=where, key=method)
+    trial = ledger.best_trial(storage, name=study.optuna_study_name, where=where, key=method)
     if trial is None:
         which = f" of method {method!r}" if method else ""
         raise Conflict(f"study {study.id} has no completed trial{which} yet")
@@ -452,12 +374,14 @@ def best_config(study: Study, *, storage: BaseStorage, method: str | None = None
 
 
 def _best_config(study: Study, spec: StudySpec, trial: FrozenTrial) -> BestConfig:
-    from service.trainable import merge_config
     from trainers.config import schedule_params
 
+    record = ledger.TrialRecord.from_trial(trial)
     # The same merge the trainable made, so the config trains exactly what the trial trained.
-    config = merge_config(spec.trainer.to_dict(), params(trial), cpus_per_trial=spec.cpus_per_trial).to_dict()
-    method, total = config["method"], trial.user_attrs.get("total_steps")
+    config = merge_config(
+        spec.trainer.to_dict(), record.sampled, cpus_per_trial=spec.cpus_per_trial
+    ).to_dict()
+    method, total = config["method"], record.total_steps
     used = schedule_params(method, bool(config.get("schedule")))
     schedule = None
     if used and total:
@@ -474,8 +398,8 @@ def _best_config(study: Study, spec: StudySpec, trial: FrozenTrial) -> BestConfi
         trial_number=trial.number,
         method=method,
         val_acc=float(trial.value),
-        test_acc=trial.user_attrs.get("test_acc"),
+        test_acc=record.test_acc,
         config=config,
         schedule=schedule,
-        info=trial.user_attrs.get("info") or {},
+        info=record.info,
     )

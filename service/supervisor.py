@@ -1,8 +1,9 @@
 """The supervisor: no study is lost to a dead driver, and no more than `max_running_studies` run at once.
 
-Run by the API (a background thread the lifespan starts and stops; `sweep()` at start and every
-`supervise_interval_s`), and by `GET /studies` and `GET /studies/{id}` for the studies they show. Each
-sweep
+Run by the API alone: `sweep()` once at start-up before the API serves, then every
+`supervise_interval_s` in a background thread (the lifespan starts and stops it). No request settles a
+study: a GET never changes anything and asks the cluster nothing (`GET /studies/{id}/logs` reads the
+job's log, the resource itself). Each sweep
 
 - reconnects to the cluster if it has none, or if the local Ray head died (a new head is started);
 - resumes every interrupted study: one whose driver's Ray job ended (killed, node lost), that the cluster
@@ -172,15 +173,21 @@ def dispatch(state: AppState) -> list[str]:
 
 
 class Supervisor:
-    """`sweep` in a background thread: at start, then every `interval_s` until `stop()`."""
+    """`sweep` once in `start()` (before the API serves: a study whose driver died is settled before
+    anyone reads it), then in a background thread every `interval_s` until `stop()`. `interval_s` 0:
+    never (tests call `sweep` themselves)."""
 
     def __init__(self, state: AppState, interval_s: float):
         self._state, self._interval_s = state, interval_s
         self._stopping = threading.Event()
+        self._swept = False
         self._thread = threading.Thread(target=self._run, name="transched-supervisor", daemon=True)
 
     def start(self) -> None:
         if self._interval_s > 0:
+            if self._state.cluster is not None:  # none: the thread connects, not holding up the start
+                self._sweep()
+                self._swept = True
             self._thread.start()
 
     def stop(self) -> None:
@@ -188,10 +195,14 @@ class Supervisor:
         if self._thread.is_alive():
             self._thread.join(timeout=30)
 
+    def _sweep(self) -> None:
+        try:
+            sweep(self._state)
+        except Exception:  # e.g. the database is unreachable: try again next time
+            logger.exception("supervisor sweep failed")
+
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sweep(self._state)
-            except Exception:  # e.g. the database is unreachable: try again next time
-                logger.exception("supervisor sweep failed")
-            self._stopping.wait(self._interval_s)
+        if not self._swept:
+            self._sweep()
+        while not self._stopping.wait(self._interval_s):
+            self._sweep()

@@ -1,5 +1,5 @@
-"""The Ray Tune trainable: merge the study's fixed trainer fields with one trial's sampled params,
-train, and report every epoch. The only place where `trainers` meets Ray."""
+"""The Ray Tune trainable: merge the study's fixed trainer fields with one trial's sampled params
+(search_spaces.merge_config), train, and report every epoch. The only place where `trainers` meets Ray."""
 
 from __future__ import annotations
 
@@ -8,19 +8,27 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 logger = logging.getLogger("transched.trial")
 
 # Each epoch's result carries the trainer's report dict, as it came, under this key: the driver stores
 # exactly that dict, so the epoch schema is the trainer's own (its common keys and each method's keys).
 EPOCH_REPORT = "epoch_report"
-# The study's own number of the trial (Optuna's), which the driver's searcher adds to each sampled config:
-# the trial's metrics and the driver's log name it. Not a parameter: `merge_config` drops it.
-TRIAL_NUMBER = "trial_number"
-# The number of an earlier trial whose epoch checkpoint this trial resumes from (a trial the resumed
-# driver re-enqueued with Optuna user attr `retry_of`); added by the searcher, dropped by `merge_config`.
-RESUME_FROM = "resume_from"
+# A trial's Tune config has two parts: the sampled trainer params (`PARAMS`, merged over the spec's fixed
+# fields, search_spaces.merge_config) and what the driver tells the run (`RUN`, a `TrialRun`), apart, so
+# that nothing but trainer fields ever reaches the trainer config.
+PARAMS, RUN = "params", "run"
+
+
+class TrialRun(TypedDict, total=False):
+    """What the driver's searcher tells a trial's run besides its params (service.driver.TrialSearcher)."""
+
+    number: int  # the study's own number of the trial (Optuna's): its metrics and log lines name it
+    resume_from: int  # an earlier trial whose epoch checkpoint it resumes from (a dead driver's trial)
+    reuse: dict[str, Any]  # a finished trial's result it reports instead of training (service.reuse)
+
+
 # A trial that cannot succeed ends with a last result carrying `error` (a short message) and
 # `error_kind`: "deterministic" (bad config, missing data: a retry would fail the same way) or
 # "diverged" (a non-finite loss). It returns normally, so Tune does not retry it as if its worker died.
@@ -39,21 +47,11 @@ DETERMINISTIC_ERRORS: tuple[type[BaseException], ...] = (
 ERROR_LIMIT = 500  # characters of a stored error message
 # True in the first epoch result of each attempt: the driver records where the attempt runs from it.
 FIRST_REPORT = "first_report"
-REUSE = "reuse"  # service.reuse.REUSE: a reused result in the config (a plain copy: this module stays light)
+# The epoch report's keys a result carries flat (beside the whole report, nested): the objective (METRIC,
+# service.schemas) and what Tune's schedulers, the driver's searcher and its log read.
+TUNE_KEYS = ("epoch", "val_acc", "lambda", "best_val_acc", "total_steps", "rung", "trained_epochs")
 # What a run found, kept with the trial (see trainers.TrainResult.metrics).
 INFO_KEYS = ("xmixup_pairing", "linearity", "pretrain_cache", "init", "method_info", "data_sizes")
-
-
-def merge_config(fixed: dict[str, Any], sampled: dict[str, Any], *, cpus_per_trial: float):
-    """The one merge of a trial: fixed spec fields, then sampled params on top (same names)."""
-    from trainers import TrainConfig
-
-    merged = {**fixed, **{k: v for k, v in sampled.items() if k not in (TRIAL_NUMBER, RESUME_FROM, REUSE)}}
-    # Pin intra-op threads to the trial's CPU share: it keeps concurrent trials from fighting over cores,
-    # and `transched train best.json` uses the same count, so it reproduces the result bit for bit.
-    if merged.get("num_threads") is None:
-        merged["num_threads"] = max(1, int(cpus_per_trial))
-    return TrainConfig.from_dict(merged)
 
 
 def claim_device(gpus_per_trial: float) -> str:
@@ -114,15 +112,15 @@ def short_error(exc: BaseException) -> str:
     return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 3] + "..."
 
 
-def checkpoint_path(checkpoint_dir: str | None, sampled: dict[str, Any]) -> Path | None:
+def checkpoint_path(checkpoint_dir: str | None, run: TrialRun) -> Path | None:
     """Where this trial keeps its epoch checkpoint: `<checkpoint_dir>/<trial number>.pt`, the same for
-    every Tune retry of the trial. A trial that retries an earlier one (`RESUME_FROM`) takes over that
+    every Tune retry of the trial. A trial that retries an earlier one (`resume_from`) takes over that
     trial's checkpoint first, so it resumes where the earlier one was cut."""
-    number = sampled.get(TRIAL_NUMBER)
+    number = run.get("number")
     if checkpoint_dir is None or number is None:
         return None
     path = Path(checkpoint_dir) / f"{int(number)}.pt"
-    earlier = sampled.get(RESUME_FROM)
+    earlier = run.get("resume_from")
     if earlier is not None and not path.exists():
         source = Path(checkpoint_dir) / f"{int(earlier)}.pt"
         if source.is_file():
@@ -132,7 +130,7 @@ def checkpoint_path(checkpoint_dir: str | None, sampled: dict[str, Any]) -> Path
 
 
 def run_trial(
-    sampled: dict[str, Any],
+    config: dict[str, Any],
     *,
     fixed: dict[str, Any],
     cpus_per_trial: float,
@@ -141,18 +139,21 @@ def run_trial(
     checkpoint_dir: str | None = None,
     rungs: list[int] | None = None,
 ) -> None:
-    """One trial. `study` ({"study_id", "study_name"}) tags its live metrics; `checkpoint_dir` (the
-    study's folder of epoch checkpoints, on storage every node can read) makes it resumable; `rungs`, the
-    epochs of each rung of schedule-aware successive halving (service/early_stopping.py), None: one
-    full-length run (a run in rungs is not resumed from a checkpoint: each rung trains anew)."""
+    """One trial: `config` is `{PARAMS: sampled params, RUN: TrialRun}` (see PARAMS). `study`
+    ({"study_id", "study_name"}) tags its live metrics; `checkpoint_dir` (the study's folder of epoch
+    checkpoints, on storage every node can read) makes it resumable; `rungs`, the epochs of each rung of
+    schedule-aware successive halving (service/early_stopping.py), None: one full-length run (a run in
+    rungs is not resumed from a checkpoint: each rung trains anew)."""
     import ray
     from ray import tune
 
+    from search_spaces import merge_config
     from service.early_stopping import RUNG_ATTR, train_in_rungs
     from trainers import train
 
-    if sampled.get(REUSE):  # identical to a finished trial (service/reuse.py): its result, not trained again
-        reused = sampled[REUSE]
+    sampled, run = config[PARAMS], TrialRun(**config.get(RUN, {}))
+    if run.get("reuse"):  # identical to a finished trial (service/reuse.py): its result, not trained again
+        reused = run["reuse"]
         epochs = int(fixed.get("epochs") or 0)
         tune.report({"final": True, "best_val_acc": reused["value"], RUNG_ATTR: epochs, **reused})
         return
@@ -162,30 +163,35 @@ def run_trial(
         "device": claim_device(gpus_per_trial),
         "started_at": time.time(),
     }
-    path = checkpoint_path(checkpoint_dir, sampled)
+    path = checkpoint_path(checkpoint_dir, run)
     first = True
 
     def report(metrics: dict[str, Any]) -> None:
         nonlocal first
         live.epoch(metrics)
         # ASHA may decide at any epoch but the full run's last: there the closing report (`final`) does.
-        rung = {RUNG_ATTR: metrics["epoch"]} if rungs is None and metrics["epoch"] < config.epochs else {}
-        # Flat for Tune (the objective, its progress table), nested for the store (see EPOCH_REPORT).
-        # `first_report` marks this attempt's first epoch (the epoch after its checkpoint's, if resumed).
-        tune.report({**metrics, EPOCH_REPORT: dict(metrics), **where, FIRST_REPORT: first, **rung})
+        rung = {RUNG_ATTR: metrics["epoch"]} if rungs is None and metrics["epoch"] < trainer.epochs else {}
+        # Nested for the store (see EPOCH_REPORT), and flat only what Tune and the driver's log read:
+        # Tune keeps running statistics of every flat key of every result, so the whole report twice
+        # cost its driver more per result than the store does (BENCHMARKS B2). Where the trial runs is
+        # told once per attempt, with `first_report` (the epoch after its checkpoint's, if resumed).
+        flat = {k: metrics[k] for k in TUNE_KEYS if k in metrics}
+        tune.report(
+            {**flat, EPOCH_REPORT: dict(metrics), **(where if first else {}), FIRST_REPORT: first, **rung}
+        )
         first = False
 
     try:
-        config = merge_config(fixed, sampled, cpus_per_trial=cpus_per_trial)
-        tags = {**(study or {}), "trial": str(sampled.get(TRIAL_NUMBER, "")), "method": config.method}
-        live = TrialMetrics({k: tags.get(k, "") for k in TrialMetrics.TAGS}, config.batch_size)
+        trainer = merge_config(fixed, sampled, cpus_per_trial=cpus_per_trial)
+        tags = {**(study or {}), "trial": str(run.get("number", "")), "method": trainer.method}
+        live = TrialMetrics({k: tags.get(k, "") for k in TrialMetrics.TAGS}, trainer.batch_size)
         if rungs:
             rung_end = lambda r: tune.report(r | where)  # noqa: E731
-            result = train_in_rungs(config, rungs, report=report, rung_report=rung_end)
+            result = train_in_rungs(trainer, rungs, report=report, rung_report=rung_end)
         else:
-            result = train(config, report=report, checkpoint=path)
+            result = train(trainer, report=report, checkpoint=path)
     except DETERMINISTIC_ERRORS as exc:
-        logger.error("trial %s failed, not retried: %s", sampled.get(TRIAL_NUMBER), exc, exc_info=True)
+        logger.error("trial %s failed, not retried: %s", run.get("number"), exc, exc_info=True)
         _report_failure(where, short_error(exc), DETERMINISTIC)
         _remove(path)
         return
@@ -193,7 +199,7 @@ def run_trial(
     if result.diverged:
         _report_failure(where, f"diverged at epoch {result.epochs_run}", DIVERGED, epoch=result.epochs_run)
         return
-    _report_final(result, where, epochs=config.epochs)
+    _report_final(result, epochs=trainer.epochs)
 
 
 def _remove(path: Path | None) -> None:
@@ -211,7 +217,7 @@ def _report_failure(where: dict[str, Any], message: str, kind: str, epoch: int =
     tune.report({METRIC: None, "epoch": epoch, "final": True, ERROR: message, ERROR_KIND: kind, **where})
 
 
-def _report_final(result: Any, where: dict[str, Any], *, epochs: int) -> None:
+def _report_final(result: Any, *, epochs: int) -> None:
     """A last result after training: the test accuracy of the best-validation model, and the run's end."""
     from ray import tune
 
@@ -222,14 +228,13 @@ def _report_final(result: Any, where: dict[str, Any], *, epochs: int) -> None:
     last = result.history[-1] if result.history else {}
     tune.report(
         {
-            **last,
+            **{k: last[k] for k in TUNE_KEYS if k in last},
             "best_val_acc": result.best_val_acc,
             "final": True,
             "test_acc": result.test_acc,
             "info": {**info, "test_acc": result.test_acc, "best_epoch": result.best_epoch},
             "best_epoch": result.best_epoch,
             "total_steps": result.total_steps,
-            **where,
             "finished_at": time.time(),
             RUNG_ATTR: epochs,
         }

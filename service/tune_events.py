@@ -11,8 +11,9 @@ One line per trial event, each naming the study's trial by its Optuna number (th
     [digits-demo] trial 7 stopped after epoch 3: best_val_acc=0.75
     [digits-demo] summary: 8 trials: 5 finished, 1 pruned, 1 failed, 1 stopped; best trial 3 ...
 
-The Optuna number reaches Tune inside the trial's config under `TRIAL_NUMBER`, put there by the
-driver's searcher (the trainable tags its metrics with it too, and `merge_config` drops it).
+The Optuna number reaches Tune in the trial's config, in its `TrialRun` (`config["run"]["number"]`), put
+there by the driver's searcher; the sampled params are `config["params"]`. The summary's best trial is the
+study's best (service.ledger.best_trial), the same as /best's and the report's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from service.trainable import ERROR, TRIAL_NUMBER
+from service.trainable import ERROR, PARAMS, RUN
 
 logger = logging.getLogger("transched.trials")
 
@@ -56,8 +57,16 @@ def _error_text(trial: Any) -> str | None:
     return trial.get_error()
 
 
-def _params(config: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_fmt(v)}" for k, v in config.items() if k != TRIAL_NUMBER)
+def _params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _number(trial: Any) -> int:
+    return (trial.config.get(RUN) or {}).get("number", -1)
+
+
+def _sampled(trial: Any) -> dict[str, Any]:
+    return trial.config.get(PARAMS) or {}
 
 
 class TrialEventLog(Callback):
@@ -67,14 +76,12 @@ class TrialEventLog(Callback):
     """
 
     def __init__(self, study_name: str, *, metric: str, epochs: int):
-        self._prefix, self._metric, self._epochs = f"[{study_name}]", metric, epochs
-        self._ended: dict[str, str] = {}  # Tune trial id -> finished | pruned | failed
-
-    def _number(self, trial: Any) -> int:
-        return trial.config.get(TRIAL_NUMBER, -1)
+        self.prefix, self.metric, self.epochs = f"[{study_name}]", metric, epochs
+        self.ended: dict[str, str] = {}  # Tune trial id -> finished | pruned | failed
+        self.trials: list = []  # Tune's trials, once the run has ended
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        logger.info("%s trial %s started: %s", self._prefix, self._number(trial), _params(trial.config))
+        logger.info("%s trial %s started: %s", self.prefix, _number(trial), _params(_sampled(trial)))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if result.get("final"):  # the closing report repeats the last epoch; on_trial_complete says it
@@ -82,85 +89,90 @@ class TrialEventLog(Callback):
         if result.get("rung_end"):  # schedule_sh: a compressed run of the trial's schedule ended (a rung)
             logger.info(
                 "%s trial %s rung %s (%s-epoch run of its schedule) done: %s=%s",
-                self._prefix, self._number(trial), result.get("rung"), result.get("budget_epochs"),
-                self._metric, _fmt(result.get(self._metric)),
+                self.prefix, _number(trial), result.get("rung"), result.get("budget_epochs"),
+                self.metric, _fmt(result.get(self.metric)),
             )  # fmt: skip
             return
         logger.info(
             "%s trial %s epoch %s/%s: val_acc=%s lambda=%s %s=%s",
-            self._prefix,
-            self._number(trial),
+            self.prefix,
+            _number(trial),
             result.get("epoch"),
-            self._epochs,
+            self.epochs,
             _fmt(result.get("val_acc")),
             _fmt(result.get("lambda")),
-            self._metric,
-            _fmt(result.get(self._metric)),
+            self.metric,
+            _fmt(result.get(self.metric)),
         )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        value = _fmt(last.get(self._metric))
+        value = _fmt(last.get(self.metric))
         if last.get(ERROR):  # failed for good (diverged, or an error a retry cannot fix): not retried
-            self._ended[trial.trial_id] = "failed"
-            logger.warning("%s trial %s failed: %s", self._prefix, self._number(trial), last[ERROR])
+            self.ended[trial.trial_id] = "failed"
+            logger.warning("%s trial %s failed: %s", self.prefix, _number(trial), last[ERROR])
         elif last.get("final"):
-            self._ended[trial.trial_id] = "finished"
+            self.ended[trial.trial_id] = "finished"
             logger.info(
                 "%s trial %s finished: %s=%s at epoch %s of %s, test_acc=%s",
-                self._prefix, self._number(trial), self._metric, value, last.get("best_epoch"),
+                self.prefix, _number(trial), self.metric, value, last.get("best_epoch"),
                 last.get("epoch"), _fmt(last.get("test_acc")),
             )  # fmt: skip
         else:  # ended before its last epoch (the study was stopped): Optuna records it as PRUNED
-            self._ended[trial.trial_id] = "pruned"
+            self.ended[trial.trial_id] = "pruned"
             logger.info(
                 "%s trial %s pruned after epoch %s: %s=%s",
-                self._prefix, self._number(trial), last.get("epoch", 0), self._metric, value,
+                self.prefix, _number(trial), last.get("epoch", 0), self.metric, value,
             )  # fmt: skip
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._ended[trial.trial_id] = "failed"
+        self.ended[trial.trial_id] = "failed"
         error = _error_text(trial) or "unknown error (see the trial's error file)"
-        logger.warning(
-            "%s trial %s failed: %s", self._prefix, self._number(trial), error_summary(error, limit=300)
-        )
+        logger.warning("%s trial %s failed: %s", self.prefix, _number(trial), error_summary(error, limit=300))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         logger.warning(
-            "%s trial %s failed and is rerun (its worker or node died)", self._prefix, self._number(trial)
+            "%s trial %s failed and is rerun (its worker or node died)", self.prefix, _number(trial)
         )
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # A stopped study ends Tune with its running trials cut off and no callback for them: say so here
         # (the driver then fails them in Optuna, as it does every trial left RUNNING).
         for trial in trials:
-            if trial.trial_id not in self._ended and (trial.last_result or {}).get(ERROR):
-                self._ended[trial.trial_id] = "failed"  # its failure ended the run before Tune closed it
+            if trial.trial_id not in self.ended and (trial.last_result or {}).get(ERROR):
+                self.ended[trial.trial_id] = "failed"  # its failure ended the run before Tune closed it
                 logger.warning(
-                    "%s trial %s failed: %s", self._prefix, self._number(trial), trial.last_result[ERROR]
+                    "%s trial %s failed: %s", self.prefix, _number(trial), trial.last_result[ERROR]
                 )
-            elif trial.trial_id not in self._ended and trial.last_result:
-                self._ended[trial.trial_id] = "stopped"
+            elif trial.trial_id not in self.ended and trial.last_result:
+                self.ended[trial.trial_id] = "stopped"
                 logger.info(
                     "%s trial %s stopped after epoch %s: %s=%s",
-                    self._prefix, self._number(trial), trial.last_result.get("epoch", 0), self._metric,
-                    _fmt(trial.last_result.get(self._metric)),
+                    self.prefix, _number(trial), trial.last_result.get("epoch", 0), self.metric,
+                    _fmt(trial.last_result.get(self.metric)),
                 )  # fmt: skip
-        logger.info("%s summary: %s", self._prefix, self.summary(trials))
+        self.trials = list(trials)  # the summary line follows, from the driver (log_summary)
 
-    def summary(self, trials: list) -> str:
+    def counts(self, trials: list) -> str:
         counts = {
-            kind: sum(1 for k in self._ended.values() if k == kind)
+            kind: sum(1 for k in self.ended.values() if k == kind)
             for kind in ("finished", "pruned", "failed", "stopped")
         }
-        text = f"{len(trials)} trials: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
-        finished = [t for t in trials if self._ended.get(t.trial_id) == "finished"]
-        if not finished:
+        return f"{len(trials)} trials: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+
+    def log_summary(self, best: Any) -> None:
+        """The study's summary line, once the run has ended and the store is settled: this run's trials
+        by how they ended, and the study's best trial (`best`: service.ledger.best_trial's)."""
+        logger.info("%s summary: %s", self.prefix, self.summary(best))
+
+    def summary(self, best: Any) -> str:
+        text = self.counts(self.trials)
+        if best is None:
             return text + "; no trial finished"
-        # The highest value, the lowest trial number on ties (as /best and Optuna choose).
-        best = max(finished, key=lambda t: (t.last_result.get(self._metric, float("-inf")), -self._number(t)))
-        value = _fmt(best.last_result.get(self._metric))
+        from service.ledger import sampled_config
+
+        params = sampled_config(best)
         return (
-            f"{text}; best trial {self._number(best)} {self._metric}={value} "
-            f"method={best.config.get('method')} params: {_params(best.config)}"
+            f"{text}; best trial {best.number} {self.metric}={_fmt(best.value)} "
+            f"method={params.get('method')} params: {_params(params)}"
         )

@@ -19,12 +19,6 @@ Init = Literal["auto", "scratch", "source_pretrained", "checkpoint", "imagenet"]
 Dataset = Literal["digits", "synthetic", "cifar10", "cifar100", "svhn", "mnist", "imagefolder"]
 Backbone = Literal["small_cnn", "resnet20", "wrn10_2", "resnet18", "resnet50"]
 INITS: tuple[str, ...] = get_args(Init)
-# The methods are the registry's (trainers/methods/); these names are snapshots of the built-in ones,
-# kept for readers of the grouping: the schedule family is the non-composable methods, the mixup family
-# the methods `schedule=True` composes with the sigmoid schedule.
-METHODS: tuple[str, ...] = method_names()
-SCHEDULE_METHODS: tuple[str, ...] = tuple(m for m in METHODS if not method_class(m).composable)
-MIXUP_METHODS: tuple[str, ...] = tuple(m for m in METHODS if method_class(m).composable)
 DATASETS: tuple[str, ...] = get_args(Dataset)
 BACKBONES: tuple[str, ...] = get_args(Backbone)
 # Bounds of the fields, as `Annotated` metadata of annotated-types (plain typing metadata, no
@@ -362,24 +356,16 @@ def config_fields() -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-# The parameters each built-in method's own schedule reads (a snapshot, see METHODS); a composable
-# method reads none unless `schedule=True`, when it reads SCHEDULE_PARAMS.
-METHOD_PARAMS: dict[str, tuple[str, ...]] = {m: method_class(m).schedule_params(False) for m in METHODS}
-
-
 def schedule_params(method: str, schedule: bool = False) -> tuple[str, ...]:
-    """The schedule parameters (TrainConfig fields) a run of `method` reads, composed or not."""
+    """The schedule parameters (TrainConfig fields) a run of `method` reads, composed or not: a
+    composable method reads none unless `schedule=True`, when it reads SCHEDULE_PARAMS."""
     return method_class(method).schedule_params(schedule)
 
 
 __all__ = [
     "TrainConfig",
-    "METHODS",
-    "SCHEDULE_METHODS",
-    "MIXUP_METHODS",
     "INITS",
     "PATH_FIELDS",
-    "METHOD_PARAMS",
     "SCHEDULE_PARAMS",
     "DATASETS",
     "BACKBONES",

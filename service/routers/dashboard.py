@@ -31,7 +31,7 @@ class OptunaDashboard:
     exists only once the lifespan has run)."""
 
     def __init__(self) -> None:
-        self._app: Any = None
+        self.app: Any = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         state = scope["state"]["app_state"]  # see service.api.create_app's lifespan
@@ -41,14 +41,14 @@ class OptunaDashboard:
             refusal = JSONResponse(Problem(detail=why).model_dump(), status_code=401, headers=auth.CHALLENGE)
             await refusal(scope, receive, send)
             return
-        if self._app is None:
+        if self.app is None:
             import optuna_dashboard
             from a2wsgi import WSGIMiddleware
 
             storage = state.storage
-            self._app = WSGIMiddleware(optuna_dashboard.wsgi(storage))
+            self.app = WSGIMiddleware(optuna_dashboard.wsgi(storage))
         # A Mount strips its prefix into root_path; the dashboard routes on the whole path.
-        await self._app({**scope, "root_path": ""}, receive, send)
+        await self.app({**scope, "root_path": ""}, receive, send)
 
 
 def mount(app: FastAPI) -> None:

@@ -1,4 +1,6 @@
-"""/studies: submit, list, read and stop studies."""
+"""/studies: submit, list, read and stop studies. A GET only reads: it never changes a study and asks
+the cluster nothing; settling a study whose driver died is the supervisor's loop alone
+(service.supervisor)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, status
 
-from service import studies, supervisor
+from service import studies
 from service.db import Study
 from service.deps import ClusterDep, State
 from service.schemas import InvalidProblem, Links, Problem, StudyCreated, StudyOut, StudyPage, StudySpec
@@ -106,23 +108,17 @@ def list_studies(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # past the data: an empty page
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> StudyPage:
-    """Studies, newest first, each with its trial counts and best trial so far; a study whose driver died
-    is resumed (or ended) before it is shown."""
+    """Studies, newest first, each with its trial counts and best trial so far, as stored (the
+    supervisor settles a study whose driver died; reading changes nothing)."""
     return studies.study_page(
-        sessions=state.sessions,
-        storage=state.storage,
-        offset=offset,
-        limit=limit,
-        links=link,
-        check=lambda study: supervisor.check(study, state=state),
+        sessions=state.sessions, storage=state.storage, offset=offset, limit=limit, links=link
     )
 
 
 @router.get("/{study_id}", responses=NOT_FOUND)
 def get_study(study_id: str, state: State, link: LinksDep) -> StudyOut:
-    """Status, trial counts by state, the best trial so far, and the Optuna study's name."""
-    study = supervisor.check(studies.find(state.sessions, study_id), state=state)
-    return _overview(state, study, link)
+    """Status, trial counts by state, the best trial so far, and the Optuna study's name, as stored."""
+    return _overview(state, studies.find(state.sessions, study_id), link)
 
 
 @router.post(

@@ -4,9 +4,12 @@ spaces, integer params, the schedule arm, overrides."""
 import optuna
 import pytest
 
-from search_spaces import METHOD_DEFAULTS, Param, arm_name, build_space, method_space, parse_arm
-from trainers.config import MIXUP_METHODS, SCHEDULE_METHODS, SCHEDULE_PARAMS, TrainConfig, config_fields
+from search_spaces import Param, arm_name, build_space, method_defaults, method_space, parse_arm
+from trainers.config import SCHEDULE_PARAMS, TrainConfig, config_fields
+from trainers.methods import method_class, method_names
 
+MIXUP_METHODS = [m for m in method_names() if method_class(m).composable]  # the registry's, now
+SCHEDULE_METHODS = [m for m in method_names() if not method_class(m).composable]
 ARMS = [*MIXUP_METHODS, *(arm_name(m, True) for m in MIXUP_METHODS)]
 
 
@@ -26,7 +29,7 @@ def test_each_arm_runs_through_fixed_trial_and_names_match_the_trainer(arm):
     method, schedule = parse_arm(arm)
     assert config["method"] == method and config["schedule"] is schedule
     assert set(config) <= set(config_fields())
-    expected = set(METHOD_DEFAULTS[method]) | (set(SCHEDULE_PARAMS) if schedule else set())
+    expected = set(method_defaults(method)) | (set(SCHEDULE_PARAMS) if schedule else set())
     assert set(config) - {"method", "schedule"} == expected
     TrainConfig(**config)  # valid values
 
@@ -89,28 +92,27 @@ def test_schedule_arm_and_overrides():
 
 
 def test_paper_ranges():
-    x = METHOD_DEFAULTS["xmixup"]["mixup_alpha"]
+    x = method_defaults("xmixup")["mixup_alpha"]
     assert (x.low, x.high, x.log) == (2.0**-3, 2.0**6, True)  # paper 001 sec. 5.3
-    a = METHOD_DEFAULTS["automix"]
+    a = method_defaults("automix")
     assert a["mixup_alpha"].low <= 2.0 <= a["mixup_alpha"].high  # paper 004: alpha = 2
     assert a["automix_stage"].low <= 3 <= a["automix_stage"].high  # paper 004: l = 3
-    assert set(METHOD_DEFAULTS["smile"]) == {
+    assert set(method_defaults("smile")) == {
         "mixup_alpha",
         "smile_feature_weight",
         "smile_source_weight",
         "ema_decay",
     }
-    assert set(METHOD_DEFAULTS["ict"]) == {"ict_w_max", "ict_rampup", "mixup_alpha", "k_points"}
+    assert set(method_defaults("ict")) == {"ict_w_max", "ict_rampup", "mixup_alpha", "k_points"}
 
 
 def test_the_spaces_are_in_step_with_the_method_registry_and_the_config():
-    from search_spaces import METHOD_SPACE_PARAMS, method_defaults, to_param
+    from search_spaces import to_param
     from trainers.methods import REGISTRY
 
-    assert list(METHOD_DEFAULTS) == list(METHOD_SPACE_PARAMS) == list(REGISTRY)
     for name, cls in REGISTRY.items():
         defaults = method_defaults(name)
-        assert defaults == {k: to_param(v) for k, v in cls.search_space.items()} == METHOD_DEFAULTS[name]
+        assert defaults == {k: to_param(v) for k, v in cls.search_space.items()}
         arms = [name, arm_name(name, True)] if cls.composable else [name]
         for arm in arms:
             methods = {arm: method_space(arm)}

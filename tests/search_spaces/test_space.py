@@ -4,8 +4,11 @@ import optuna
 import pytest
 
 from search_spaces import DEFAULTS, Param, build_space, method_space
-from trainers.config import METHOD_PARAMS, TrainConfig, config_fields
-from trainers.config import SCHEDULE_METHODS as METHODS  # the schedule family; mixup arms: test_method_spaces
+from trainers.config import TrainConfig, config_fields, schedule_params
+from trainers.methods import method_class, method_names
+
+# The schedule family, from the registry; the mixup arms: test_method_spaces.
+METHODS = [m for m in method_names() if not method_class(m).composable]
 
 
 def _fixed_trial_for(methods):
@@ -22,7 +25,7 @@ def test_each_method_space_runs_through_fixed_trial_and_names_match_the_trainer(
     methods = {method: method_space(method)}
     config = build_space(methods)(_fixed_trial_for(methods))
     assert config["method"] == method
-    assert set(config) - {"method"} == set(METHOD_PARAMS[method])
+    assert set(config) - {"method"} == set(schedule_params(method))
     assert set(config) <= set(config_fields())
     TrainConfig(**config)  # the sampled params are valid trainer config fields and values
 
@@ -34,7 +37,7 @@ def test_multi_method_space_is_conditional_on_the_method():
         params = {"method": m, "t0": 0.1, "tau": 0.01, "alpha": 1.0}
         config = space(optuna.trial.FixedTrial(params))
         assert config["method"] == m
-        assert set(config) == {"method", *METHOD_PARAMS[m]}
+        assert set(config) == {"method", *schedule_params(m)}
 
 
 def test_tpe_samples_only_the_chosen_methods_params():
@@ -48,7 +51,7 @@ def test_tpe_samples_only_the_chosen_methods_params():
         trial = study.ask()
         config = space(trial)
         seen.add(config["method"])
-        assert set(trial.params) == {"method", *METHOD_PARAMS[config["method"]]}
+        assert set(trial.params) == {"method", *schedule_params(config["method"])}
         study.tell(trial, 0.5)
     assert seen == set(METHODS)
 

@@ -142,6 +142,31 @@ def add_trial(
     )
 
 
+def make_searcher(
+    path: Any, space: Any, *, arms: Any = (), n_trials: int = 8, seed: int = 0, name: str = "s"
+):
+    """The driver's searcher over a ledger on a SQLite file at `path` (TPE seeded), as run_study makes
+    it, and the file's Optuna storage."""
+    from service.db import make_engine, make_optuna_storage
+    from service.db_retry import DbRetry
+    from service.driver import TrialSearcher
+    from service.ledger import Ledger, plan_study
+
+    url = f"sqlite:///{path}"
+    storage = make_optuna_storage(url)
+    plan = plan_study(storage, name=name, n_trials=n_trials, attempt=0, arms=list(arms))
+    ledger = Ledger(
+        storage,
+        name=name,
+        connect=make_engine(url).connect,
+        db=DbRetry(5),
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        space=space,
+        plan=plan,
+    )
+    return TrialSearcher(ledger, metric="best_val_acc"), storage
+
+
 class Store:
     """The test's own handle on the app's database: our table through the repository, trials through
     Optuna (as the driver writes them)."""
@@ -168,6 +193,17 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
         self.storage.engine.dispose()
+
+
+@pytest.fixture
+def db(settings):
+    """The test's handle on a fresh store (our schema created) of `settings`'s database."""
+    from service.db import create_schema
+
+    store = Store(settings)
+    create_schema(store.engine)
+    yield store
+    store.close()
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ import pytest
 from service.cli import TERMINAL
 from service.db import make_optuna_storage
 from tests.service.test_end_to_end import _serve
-from trainers.config import METHODS
+from trainers.methods import method_names
 
 pytestmark = pytest.mark.slow
 
 TRAINER = {"n_target": 60, "epochs": 3, "batch_size": 32, "pretrain_epochs": 2}
+METHODS = method_names()  # the registry's, now
 ARMS = [*METHODS, "mixup+schedule"]
 
 

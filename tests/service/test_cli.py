@@ -15,6 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from service import repository as repo
+from service import supervisor
 from service.cli import Cli, app
 from service.client import Api
 from service.progress import EXIT_CODES, Progress, StudyView, watch
@@ -218,10 +219,11 @@ def test_submit_reads_yaml_and_a_bad_spec_is_one_line_naming_the_field(client, t
 
 
 def _play_driver(store, cluster, *, end: str, error=None):
-    """When the CLI first polls the study, the driver has run it: 2 trials, the study ended as `end`."""
+    """When the CLI submits the study, its driver runs it at once: 2 trials, the study ended as `end`
+    (the CLI's polls only read: a GET asks the cluster nothing)."""
 
     def on_call(name):
-        if name != "job_status":  # the first GET /studies/ID, after the submission
+        if name != "submit_study":
             return
         cluster.before_call = lambda name: None
         with store.sessions() as session:  # the one study, just submitted
@@ -269,6 +271,7 @@ def test_status_watch_of_a_study_that_cannot_be_resumed_ends_failed_with_the_rea
     settings.max_resumes = 0
     s = _study(client)
     cluster.jobs[s["ray_job_id"]] = "FAILED"
+    supervisor.sweep(client.app_state["app_state"])  # the supervisor fails it; the watch only reads
     code, out, err = transched("status", s["id"], "--watch")
     reason = "reason: the driver died because its Ray job ended as FAILED (TRANSCHED_MAX_RESUMES=0)"
     assert code == 3 and "failed" in out and reason in err

@@ -4,6 +4,7 @@ migrations, and a database made by an older version upgraded with its studies in
 from datetime import UTC
 
 import optuna
+import pytest
 from sqlalchemy import text
 
 from service import repository as repo
@@ -147,3 +148,46 @@ def test_engine_and_optuna_storage_are_made_from_settings_with_a_pool_override(t
     assert storage.engine.url.database == str((tmp_path / "transched.db").resolve())
     with storage.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 4321
+
+
+def test_optunas_schema_in_a_new_database_is_the_one_our_direct_reads_are_written_for(url):
+    from service.db import OPTUNA_SCHEMA_VERSION, check_optuna_schema
+
+    storage = make_optuna_storage(url)
+    try:
+        assert storage.get_current_version() == storage.get_head_version() == OPTUNA_SCHEMA_VERSION
+        check_optuna_schema(storage)  # passes
+    finally:
+        storage.engine.dispose()
+
+
+def test_a_database_behind_our_optuna_schema_is_refused_with_the_upgrade_command(tmp_path, monkeypatch):
+    from service.db import check_optuna_schema
+
+    storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
+    monkeypatch.setattr(storage, "get_current_version", lambda: "v3.0.0.d")  # made by an older optuna
+    with pytest.raises(RuntimeError, match=r"is v3\.0\.0\.d.*written for schema v3\.2\.0\.a") as refused:
+        check_optuna_schema(storage)
+    assert "optuna storage upgrade --storage" in str(refused.value)
+    storage.engine.dispose()
+
+
+def test_the_server_refuses_to_start_on_an_optuna_schema_it_is_not_written_for(
+    settings, cluster, monkeypatch
+):
+    """As if optuna were upgraded past the schema service/repository.py reads: the API does not start (and
+    its supervisor settles no study), and it says which versions and what to do."""
+    from fastapi.testclient import TestClient
+
+    import service.db
+    from service.api import create_app
+
+    monkeypatch.setattr(service.db, "OPTUNA_SCHEMA_VERSION", "v9.9.9.z")
+    started = []
+    monkeypatch.setattr("service.api.Supervisor.start", lambda self: started.append(self))
+    with pytest.raises(RuntimeError) as refused, TestClient(create_app(settings, cluster=cluster)):
+        pass
+    message = str(refused.value)
+    assert "schema in the database is v3.2.0.a" in message and "written for schema v9.9.9.z" in message
+    assert "refusing to start" in message and f"installed optuna {optuna.__version__}" in message
+    assert "requirements.lock" in message and not started

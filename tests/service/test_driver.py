@@ -1,15 +1,16 @@
 """The study driver: what it stores of a trial, and the error a failed study keeps."""
 
 import optuna
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 from ray.tune.utils import flatten_dict
 
 from service.db import make_optuna_storage
 from service.db_retry import DbRetry
-from service.driver import StoredOptunaSearch, describe_study, nested
+from service.driver import describe_study, nested
 from service.repository import epoch_history
 from service.schemas import StudySpec
-from service.trainable import EPOCH_REPORT, TRIAL_NUMBER
+from service.trainable import EPOCH_REPORT, PARAMS, RUN
+from tests.service.conftest import make_searcher
 
 
 def test_nested_puts_a_dict_tune_flattened_together_again():
@@ -24,11 +25,8 @@ def _space(trial):
 
 
 def test_the_searcher_stores_each_epoch_as_the_trainer_reported_it_method_keys_included(tmp_path):
-    storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
-    searcher = StoredOptunaSearch(
-        space=_space, metric="best_val_acc", mode="max", storage=storage, study_name="s"
-    )
-    assert isinstance(searcher, OptunaSearch)
+    searcher, storage = make_searcher(tmp_path / "o.db", _space)
+    assert isinstance(searcher, Searcher)
     config = searcher.suggest("t1")
     where = {"node": "h", "node_id": "n1", "device": "cpu", "started_at": 1.0, "total_steps": 20}
     reports = [
@@ -51,9 +49,9 @@ def test_the_searcher_stores_each_epoch_as_the_trainer_reported_it_method_keys_i
     searcher.on_trial_result("t1", final)  # Tune hands the last result to both
     searcher.on_trial_complete("t1", final)
     (trial,) = optuna.load_study(study_name="s", storage=storage).trials
-    # The study's trial number rides in Tune's config (event log, metrics' tags), not in the store.
-    assert config.pop(TRIAL_NUMBER) == trial.number == 0
-    assert trial.user_attrs["sampled"] == config and trial.state == optuna.trial.TrialState.COMPLETE
+    # The study's trial number rides in Tune's config apart from the params (event log, metrics' tags).
+    assert config[RUN] == {"number": 0} and trial.number == 0
+    assert trial.user_attrs["sampled"] == config[PARAMS] and trial.state == optuna.trial.TrialState.COMPLETE
     assert epoch_history(trial) == reports
     assert trial.user_attrs["info"] == {"pretrain_cache": {"cache": "hit"}}
     assert (trial.user_attrs["node_id"], trial.user_attrs["test_acc"]) == ("n1", 0.4)
@@ -62,10 +60,7 @@ def test_the_searcher_stores_each_epoch_as_the_trainer_reported_it_method_keys_i
 def test_intermediate_values_are_each_epochs_val_acc_and_the_value_is_the_best(tmp_path):
     """optuna-dashboard's learning curve reads the intermediate values: each epoch's validation accuracy
     at its epoch, not Tune's running best at Tune's iteration; the objective stays the best."""
-    storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
-    searcher = StoredOptunaSearch(
-        space=_space, metric="best_val_acc", mode="max", storage=storage, study_name="s"
-    )
+    searcher, storage = make_searcher(tmp_path / "o.db", _space)
     searcher.suggest("t1")
     val = {1: 0.5, 2: 0.3, 3: 0.4}
     for e, acc in val.items():
@@ -95,11 +90,15 @@ def test_describe_study_names_the_objective_and_keeps_the_study_summary(tmp_path
 def test_a_resumed_driver_fails_left_running_trials_retries_each_config_once_and_counts_the_rest(tmp_path):
     from optuna.trial import TrialState
 
-    from service.driver import plan_resume
+    from service.ledger import REPLACED, Origin, plan_study
     from tests.service.conftest import add_trial
 
     storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
-    assert plan_resume(storage, optuna_name="s", n_trials=8, attempt=1).remaining == 8  # never started
+    fresh = plan_study(storage, name="s", n_trials=8, attempt=1, arms=["smooth", "finetune"])
+    assert fresh.remaining == 8 and [q.params for q in fresh.queued] == [
+        {"method": "smooth"},
+        {"method": "finetune"},
+    ]
     add_trial(storage, "s", method="smooth", value=0.8, t0=0.1)  # 0: kept, and TPE sees it
     add_trial(storage, "s", method="smooth", value=None, state=TrialState.FAIL, t0=0.2)  # 1
     add_trial(storage, "s", method="smooth", value=None, state=TrialState.RUNNING, t0=0.3)  # 2: left
@@ -107,18 +106,28 @@ def test_a_resumed_driver_fails_left_running_trials_retries_each_config_once_and
     study.enqueue_trial({"t0": 0.2}, user_attrs={"retry_of": 1})  # 3: trial 1's retry ...
     retry = study.ask()
     assert retry.number == 3 and retry.user_attrs == {"retry_of": 1}  # ... left RUNNING too
-    study.enqueue_trial({"method": "finetune"})  # 4: a method point the dead driver never ran
+    study.enqueue_trial({"method": "finetune"})  # 4: a method point an older version enqueued
 
-    plan = plan_resume(storage, optuna_name="s", n_trials=8, attempt=1)
+    plan = plan_study(storage, name="s", n_trials=8, attempt=1, arms=["smooth", "finetune"])
     trials = study.get_trials(deepcopy=False)
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL", "WAITING", "WAITING"]
-    assert trials[5].user_attrs == {"retry_of": 2} and trials[5].system_attrs["fixed_params"] == {"t0": 0.3}
+    # Nothing is left RUNNING or WAITING in the store: the WAITING trial is failed, marked replaced, and
+    # its config queued (Optuna's ask would run it with the store's sampler, not the driver's TPE).
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "FAIL", "FAIL"]
+    assert trials[4].system_attrs[REPLACED] is True
     assert plan.retried == [2]  # trial 3 was itself a retry: not run a third time
-    # Finished: 0 (COMPLETE) and 3 (a retry that failed); 1 and 2 are replaced by their retries.
-    assert (plan.remaining, plan.attempt, plan.tried) == (6, 1, {"smooth", "finetune"})
-    # A driver that died again before running anything: nothing enqueued twice.
-    again = plan_resume(storage, optuna_name="s", n_trials=8, attempt=2)
-    assert (again.remaining, again.retried, len(study.get_trials())) == (6, [], 6)
+    assert [(q.params, q.origin) for q in plan.queued] == [
+        ({"t0": 0.3}, Origin("retry", 2)),
+        ({"method": "finetune"}, Origin()),  # the WAITING trial's config: finetune's method point
+    ]
+    # Finished: 0 (COMPLETE) and 3 (a retry that failed); 1 and 2 are replaced by their retries, 4 by
+    # its queued config.
+    assert (plan.remaining, plan.attempt, plan.tried) == (6, 1, {"smooth"})
+    assert sorted(t.number for t in plan.finished) == [0, 3]
+    # A driver that died again before running anything: the same plan (trial 2's retry was never made,
+    # and it is still to be made), no trial added.
+    again = plan_study(storage, name="s", n_trials=8, attempt=2, arms=["smooth", "finetune"])
+    assert (again.remaining, again.retried, len(study.get_trials())) == (6, [2], 5)
+    assert [q.params for q in again.queued] == [{"t0": 0.3}, {"method": "finetune"}]
 
 
 def test_a_driver_that_dies_leaves_its_study_running_for_the_supervisor_and_a_stale_one_writes_nothing(

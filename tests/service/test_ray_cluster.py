@@ -1,5 +1,7 @@
 """The cluster handle: which cluster, and whether a study could ever be scheduled on it."""
 
+import pytest
+
 from service.ray_cluster import resource_problem
 from service.schemas import StudySpec
 
@@ -135,3 +137,110 @@ def test_a_job_id_the_cluster_already_has_counts_as_submitted_and_attempts_name_
         study_id="ab12", spec=StudySpec(name="s"), settings=settings, job_id=job, attempt=2
     )
     assert len(jobs) == 2 and jobs[job].endswith("-m service.driver ab12 2")
+
+
+def _node(node_id: str, state: str, resources: dict[str, float]) -> dict:
+    return {
+        "node_id": node_id, "node_ip": "127.0.0.1", "is_head_node": node_id == "a", "state": state,
+        "state_message": None, "node_name": "127.0.0.1", "resources_total": resources, "labels": {},
+        "start_time_ms": 1, "end_time_ms": 0,
+    }  # fmt: skip
+
+
+def test_resources_sum_the_live_nodes_of_rays_state_api_with_the_clusters_token(monkeypatch):
+    """Ray's public State API (`/api/v0/nodes`, what `ray list nodes --detail` reads), not the dashboard's
+    internal status; the cluster's own token; the 10 s timeout of before; a dead node counts for nothing."""
+    import requests
+
+    from service.ray_cluster import RayCluster
+
+    calls = []
+
+    class Answer:
+        status_code, text, headers = 200, "", {"Content-Type": "application/json"}
+
+        def json(self):
+            nodes = [
+                _node("a", "ALIVE", {"CPU": 2.0, "GPU": 1.0, "trial_slot": 1.0}),
+                _node("b", "ALIVE", {"CPU": 1.0, "trial_slot": 1.0}),
+                _node("c", "DEAD", {"CPU": 8.0, "GPU": 4.0}),
+            ]
+            page = {"total": 3, "num_after_truncation": 3, "num_filtered": 3, "result": nodes}
+            return {"result": True, "msg": "", "data": {"result": {**page, "partial_failure_warning": ""}}}
+
+    def request(method, url, **kwargs):
+        calls.append((method, url, kwargs["headers"].get("Authorization"), kwargs["timeout"]))
+        return Answer()
+
+    monkeypatch.setattr(requests, "request", request)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # Ray's clients would go there instead
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    got = RayCluster("http://h:8265", local=False, token="tok").resources()
+    assert got == {"CPU": 3.0, "GPU": 1.0, "trial_slot": 2.0}
+    assert calls == [("GET", "http://h:8265/api/v0/nodes", "Bearer tok", 10)]
+
+
+@pytest.mark.slow
+def test_resources_of_a_real_token_auth_head_from_a_process_that_is_no_ray_driver(tmp_path, monkeypatch):
+    """A head of its own (temp dir, ports, token), asked over HTTP as the API process asks it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    import ray
+
+    from service.ray_cluster import RayCluster, _dashboard_up
+    from tests.conftest import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="transched-rc-"))  # short: Ray's socket paths fit in 107 bytes
+    token = root / "auth_token"
+    token.write_text("t" * 64)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TRANSCHED_"))}
+    env.update(
+        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0"
+    )
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)  # this process: the cluster's token from settings alone
+    dash = free_port()
+    cmd = [
+        str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={free_port()}",
+        "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+        "--include-dashboard=true", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
+        f"--ray-client-server-port={free_port()}", f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}", f"--temp-dir={root / 'ray'}", "--num-cpus=2",
+        "--num-gpus=1", '--resources={"trial_slot": 1}',
+    ]  # fmt: skip
+    with open(tmp_path / "head.log", "wb") as log:
+        head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{dash}"
+        deadline = time.monotonic() + 90
+        while not _dashboard_up(url, token):
+            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()
+            time.sleep(0.5)
+        assert not ray.is_initialized()
+        cluster, seen = RayCluster(url, local=False, token=token.read_text()), []
+        while "CPU" not in (got := cluster.resources()):  # the dashboard is up before the node registers
+            seen.append((round(time.monotonic() - deadline + 90, 1), got))
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.2)
+        assert (got["CPU"], got["GPU"], got["trial_slot"]) == (2.0, 1.0, 1.0), got
+        with pytest.raises(Exception, match="(?i)auth"):
+            RayCluster(url, local=False, token="wrong").resources()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+                head.wait(60)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)

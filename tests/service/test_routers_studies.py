@@ -1,17 +1,29 @@
-"""/studies over a fake cluster and a real SQLite database: submit, list with trial counts, read with
-reconciliation against the cluster's job status, stop."""
+"""/studies over a fake cluster and a real SQLite database: submit, list with trial counts, read (a GET
+only reads: studies whose driver died are settled by the supervisor's sweep, never by a request), stop."""
+
+from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from optuna.trial import TrialState
+from sqlalchemy import select, text
 
-from service.db import utcnow
-from tests.service.conftest import SPEC, add_trial
+from service import supervisor
+from service.api import create_app
+from service.db import Study, utcnow
+from service.settings import Settings
+from tests.service.conftest import SPEC, FakeCluster, Store, add_trial
 
 
 def _create(client, **changes) -> dict:
     resp = client.post("/studies", json={**SPEC, **changes})
     assert resp.status_code == 202, resp.text
     return resp.json()
+
+
+def _sweep(client) -> None:
+    """One pass of the app's supervisor (the tests' settings start no supervisor thread)."""
+    supervisor.sweep(client.app_state["app_state"])
 
 
 def test_a_study_is_stored_and_its_driver_submitted_as_a_job(client, cluster, settings):
@@ -84,7 +96,9 @@ def test_the_list_counts_each_studys_trials_by_state_and_is_paginated_newest_fir
 
 
 @pytest.mark.parametrize("job", ["FAILED", "SUCCEEDED", "STOPPED", None])
-def test_a_study_whose_driver_died_is_resumed_when_read_alone_or_in_the_list(client, cluster, store, job):
+def test_a_study_whose_driver_died_is_resumed_by_the_sweep_and_shown_so_alone_or_in_the_list(
+    client, cluster, store, job
+):
     created = _create(client)
     store.set_status(created["id"], "running", heartbeat_at=utcnow())
     add_trial(
@@ -95,7 +109,9 @@ def test_a_study_whose_driver_died_is_resumed_when_read_alone_or_in_the_list(cli
         del cluster.jobs[created["ray_job_id"]]  # the head was restarted
     else:
         cluster.jobs[created["ray_job_id"]] = job
-    (listed,) = client.get("/studies").json()["items"]  # the list notices it too
+    assert client.get(f"/studies/{created['id']}").json()["status"] == "running"  # a GET only reads
+    _sweep(client)
+    (listed,) = client.get("/studies").json()["items"]
     assert (listed["status"], listed["ray_job_id"]) == ("pending", f"{created['ray_job_id']}-r1")
     assert listed["error"].startswith("resumed (attempt 1 of 3): ")
     assert client.get(f"/studies/{created['id']}").json()["ray_job_id"] == f"{created['ray_job_id']}-r1"
@@ -109,6 +125,7 @@ def test_a_stopping_study_whose_driver_died_ends_stopped_with_its_trials_reaped(
         store.storage, created["optuna_study_name"], method="smooth", value=None, state=TrialState.RUNNING
     )
     cluster.jobs[created["ray_job_id"]] = "STOPPED"
+    _sweep(client)
     study = client.get(f"/studies/{created['id']}").json()
     assert (study["status"], study["error"], study["trial_counts"]) == ("stopped", None, {"FAIL": 1})
     assert study["finished_at"] is not None
@@ -117,6 +134,7 @@ def test_a_stopping_study_whose_driver_died_ends_stopped_with_its_trials_reaped(
 def test_a_pending_study_forgotten_by_the_cluster_is_submitted_again(client, cluster):
     created = _create(client)
     cluster.jobs.clear()
+    _sweep(client)
     assert client.get(f"/studies/{created['id']}").json()["status"] == "pending"
     assert cluster.jobs == {created["ray_job_id"]: "PENDING"}
 
@@ -155,3 +173,80 @@ def test_stopping_an_ended_study_is_409(client, store):
     resp = client.post(f"/studies/{created['id']}/stop")
     assert resp.status_code == 409
     assert resp.json() == {"detail": f"study {created['id']} has already ended (completed)"}
+
+
+class CountingCluster:
+    """The fake cluster behind a proxy that records every method called on it (attributes such as
+    `dashboard_url` are no call)."""
+
+    def __init__(self, cluster: FakeCluster):
+        self.cluster, self.calls = cluster, []
+
+    def __getattr__(self, name):
+        value = getattr(self.cluster, name)
+        if not callable(value):
+            return value
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return value(*args, **kwargs)
+
+        return counted
+
+
+def _rows(store: Store) -> list[tuple]:
+    with store.sessions() as s:
+        studies = s.execute(select(Study.__table__).order_by(Study.id)).all()
+        trials = s.execute(text("SELECT trial_id, state FROM trials ORDER BY trial_id")).all()
+    return [tuple(row) for row in studies] + [tuple(row) for row in trials]
+
+
+def test_gets_of_live_studies_make_no_cluster_call_and_change_no_row(database_url, tmp_path):
+    """100 GETs of studies that a sweep would settle (a hung driver, dead ones, a lost submission, a
+    stopping one): not one cluster call, not one row changed; the sweep afterwards does act."""
+    settings = Settings(
+        data_dir=tmp_path, database_url=database_url, supervise_interval_s=0, max_running_studies=10
+    )
+    cluster = CountingCluster(FakeCluster())
+    with TestClient(create_app(settings, cluster=cluster)) as client:
+        store = Store(settings)
+        try:
+            ids, stale = [], utcnow() - timedelta(seconds=3600)  # past driver_timeout_s
+            for i, (status, job) in enumerate(
+                [("running", "RUNNING"), ("running", "FAILED"), ("running", None), ("stopping", "STOPPED")]
+            ):
+                created = _create(client, name=f"live{i}")
+                store.set_status(created["id"], status, heartbeat_at=stale)
+                add_trial(
+                    store.storage,
+                    created["optuna_study_name"],
+                    method="smooth",
+                    value=None,
+                    state=TrialState.RUNNING,
+                )
+                if job is None:
+                    del cluster.jobs[created["ray_job_id"]]  # a restarted head knows it not
+                else:
+                    cluster.jobs[created["ray_job_id"]] = job
+                ids.append(created["id"])
+            pending = _create(client, name="lost")
+            del cluster.jobs[pending["ray_job_id"]]  # never got to the cluster: a sweep submits it
+            ids.append(pending["id"])
+            cluster.calls.clear()
+            before = _rows(store)
+
+            for i in range(100):
+                if i % 2:
+                    resp = client.get(f"/studies/{ids[i // 2 % len(ids)]}")
+                    assert resp.status_code == 200, resp.text
+                else:
+                    resp = client.get("/studies?limit=200")
+                    assert resp.status_code == 200 and resp.json()["total"] == len(ids), resp.text
+
+            assert cluster.calls == []
+            assert _rows(store) == before
+            _sweep(client)
+            assert {"job_status", "stop_job", "submit_study"} <= set(cluster.calls)
+            assert _rows(store) != before
+        finally:
+            store.close()

@@ -62,21 +62,25 @@ def test_tunes_pickles_hold_no_database_url(tmp_path):
     import optuna
 
     from search_spaces import build_space
-    from service.db import make_optuna_storage
-    from service.driver import StopWhenAsked, StoredOptunaSearch
+    from service.db import make_engine, make_optuna_storage
+    from service.db_retry import DbRetry
+    from service.driver import StopWhenAsked, TrialSearcher
+    from service.ledger import Ledger, plan_study
     from service.schemas import StudySpec
 
     url = f"sqlite:///{tmp_path / 'o.db'}?password={PASSWORD}"  # a URL that carries the secret
     storage = make_optuna_storage(url)
     spec = StudySpec()
-    searcher = StoredOptunaSearch(
-        space=build_space(spec.resolved_methods()),
-        metric="best_val_acc",
-        mode="max",
+    ledger = Ledger(
+        storage,
+        name="s",
+        connect=make_engine(url).connect,
+        db=DbRetry(5),
         sampler=optuna.samplers.TPESampler(seed=0),
-        study_name="s",
-        storage=storage,
+        space=build_space(spec.resolved_methods()),
+        plan=plan_study(storage, name="s", n_trials=4, attempt=0, arms=list(spec.resolved_methods())),
     )
+    searcher = TrialSearcher(ledger, metric="best_val_acc")
     searcher.suggest("t1")
     searcher.save(str(tmp_path / "searcher.pkl"))
     assert PASSWORD.encode() not in (tmp_path / "searcher.pkl").read_bytes()

@@ -5,26 +5,17 @@ test_supervisor.py)."""
 import pytest
 from optuna.trial import TrialState
 
+from service import ledger, studies
 from service import repository as repo
-from service import studies
-from service.db import create_schema
 from service.errors import ClusterUnavailable, Conflict, NotFound
 from service.schemas import StudySpec
 from service.settings import Settings
-from tests.service.conftest import FakeCluster, Store, add_trial
+from tests.service.conftest import FakeCluster, add_trial
 
 
 @pytest.fixture
 def settings(database_url, tmp_path) -> Settings:
     return Settings(data_dir=tmp_path, database_url=database_url, driver_timeout_s=60)
-
-
-@pytest.fixture
-def db(settings):
-    store = Store(settings)
-    create_schema(store.engine)
-    yield store
-    store.close()
 
 
 @pytest.fixture
@@ -90,12 +81,12 @@ def test_stop_ends_a_pending_job_with_no_connection_held_and_refuses_a_completed
 
 def test_best_trial_is_the_stores_answer_overall_and_the_earliest_on_ties_of_a_filter(db):
     name = "transched-best"
-    assert studies.best_trial(db.storage, name=name) is None  # no Optuna study yet
+    assert ledger.best_trial(db.storage, name=name) is None  # no Optuna study yet
     add_trial(db.storage, name, method="multitask", value=None, state=TrialState.FAIL)
-    assert studies.best_trial(db.storage, name=name) is None
+    assert ledger.best_trial(db.storage, name=name) is None
     for method, value in (("smooth", 0.5), ("multitask", 0.9), ("smooth", 0.7), ("smooth", 0.7)):
         add_trial(db.storage, name, method=method, value=value)
-    assert studies.best_trial(db.storage, name=name).number == 2
+    assert ledger.best_trial(db.storage, name=name).number == 2
     smooth = studies.method_filter(["smooth", "multitask"], "smooth")
-    assert studies.best_trial(db.storage, name=name, where=smooth).number == 3
+    assert ledger.best_trial(db.storage, name=name, where=smooth).number == 3
     assert studies.method_filter(["smooth", "multitask"], "cutmix") is None

@@ -6,17 +6,19 @@ idempotent submits. No connection is held while the cluster is asked anything.""
 from datetime import timedelta
 
 import pytest
+from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
 from service import repository as repo
 from service import studies, supervisor
-from service.db import create_schema, utcnow
+from service.api import create_app
+from service.db import utcnow
 from service.deps import AppState
 from service.errors import InvalidForStudy
 from service.ray_cluster import RayUnavailable
 from service.schemas import StudySpec
 from service.settings import Settings
-from tests.service.conftest import FakeCluster, Store, add_trial
+from tests.service.conftest import FakeCluster, add_trial
 
 
 @pytest.fixture
@@ -28,14 +30,6 @@ def settings(database_url, tmp_path) -> Settings:
         max_resumes=2,
         max_running_studies=2,
     )
-
-
-@pytest.fixture
-def db(settings):
-    store = Store(settings)
-    create_schema(store.engine)
-    yield store
-    store.close()
 
 
 @pytest.fixture
@@ -95,7 +89,7 @@ def test_a_study_whose_driver_died_is_resumed_as_a_new_job_once_whoever_looks(st
     assert cluster.attempts[job] == 1 and cluster.jobs[job] == "PENDING"
     # The new driver takes over the trials the dead one left RUNNING (service.driver.plan_resume).
     assert _counts(db, study) == {"RUNNING": 1}
-    # A second look, from a request or another API process holding the old row, submits nothing more.
+    # A second look, from another sweep or API process holding the old row, submits nothing more.
     assert supervisor.check(study, state=state).ray_job_id == job
     supervisor.sweep(state)
     assert len(cluster.submitted) == 2
@@ -224,3 +218,13 @@ def test_a_resume_the_cluster_refuses_stays_pending_and_is_submitted_again_next_
     cluster.submit_error = None
     supervisor.sweep(state)
     assert cluster.jobs[resumed.ray_job_id] == "PENDING" and _now(state, study.id).attempts == 1
+
+
+def test_the_api_settles_studies_once_at_start_up_before_it_serves(settings, state, db, cluster):
+    study = _running(state, db)
+    cluster.jobs[study.ray_job_id] = "FAILED"  # the driver died while no API ran
+    hourly = settings.model_copy(update={"supervise_interval_s": 3600})  # no second sweep in this test
+    with TestClient(create_app(hourly, cluster=cluster)) as client:
+        first = client.get(f"/studies/{study.id}").json()  # the first request: the study is resumed
+        assert (first["status"], first["ray_job_id"]) == ("pending", f"{study.ray_job_id}-r1")
+    assert len(cluster.submitted) == 2

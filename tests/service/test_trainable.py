@@ -8,12 +8,10 @@ def test_a_trial_without_gpus_trains_on_the_cpu():
 
 
 def test_the_trainable_merges_fixed_fields_and_sampled_params_once():
-    from service.trainable import merge_config
+    from search_spaces import merge_config
 
     config = merge_config({"epochs": 3, "t0": 0.0}, {"method": "finetune", "t0": 0.2}, cpus_per_trial=2)
     assert (config.method, config.t0, config.epochs, config.num_threads) == ("finetune", 0.2, 3, 2)
-    numbered = {"method": "finetune", "t0": 0.2, "trial_number": 7}  # the searcher's, not a parameter
-    assert merge_config({"epochs": 3}, numbered, cpus_per_trial=2) == config
 
 
 def test_each_epoch_reports_the_trainers_whole_dict_flat_for_tune_and_nested_for_the_store(monkeypatch):
@@ -21,7 +19,7 @@ def test_each_epoch_reports_the_trainers_whole_dict_flat_for_tune_and_nested_for
     import ray.util.metrics
     from ray import tune
 
-    from service.trainable import EPOCH_REPORT, TrialMetrics, run_trial
+    from service.trainable import EPOCH_REPORT, FIRST_REPORT, TUNE_KEYS, TrialMetrics, run_trial
 
     reported, gauges = [], {}
 
@@ -43,15 +41,22 @@ def test_each_epoch_reports_the_trainers_whole_dict_flat_for_tune_and_nested_for
     fixed = {"epochs": 2, "steps_per_epoch": 2, "n_target": 40, "batch_size": 16}
     study = {"study_id": "s1", "study_name": "demo"}
     run_trial(
-        {"method": "mixup", "mixup_alpha": 0.4, "trial_number": 3}, fixed=fixed, cpus_per_trial=1, study=study
+        {"params": {"method": "mixup", "mixup_alpha": 0.4}, "run": {"number": 3}},
+        fixed=fixed,
+        cpus_per_trial=1,
+        study=study,
     )
     *epochs, final = reported
     assert [e["epoch"] for e in epochs] == [1, 2] and final["final"]
     for e in epochs:
         report = e[EPOCH_REPORT]
         assert 0 <= report["mix_lambda"] <= 1  # the method's own key, beside the common ones
-        assert {k: e[k] for k in report} == report
-        assert e["node_id"] == "n1" and e["device"] == "cpu"
+        # flat: only the keys Tune and the driver read (Tune keeps statistics of every flat key)
+        assert {k: e[k] for k in TUNE_KEYS if k in report} == {k: report[k] for k in TUNE_KEYS if k in report}
+        assert "mix_lambda" not in e and "best_val_acc" in e
+    # where the attempt runs: told once, with its first report
+    assert (epochs[0]["node_id"], epochs[0]["device"], epochs[0][FIRST_REPORT]) == ("n1", "cpu", True)
+    assert "node_id" not in epochs[1] and not epochs[1][FIRST_REPORT] and "node_id" not in final
     # Live metrics, tagged with the study and the study's trial number.
     tags = {"study_id": "s1", "study_name": "demo", "trial": "3", "method": "mixup"}
     val_acc = gauges["transched_trial_val_acc"].values

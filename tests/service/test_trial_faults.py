@@ -6,8 +6,7 @@ an earlier one."""
 import optuna
 import pytest
 
-from service.db import make_optuna_storage
-from service.driver import EndOnDeterministicFailures, StoredOptunaSearch, fail_fast_after
+from service.driver import EndOnDeterministicFailures, fail_fast_after
 from service.repository import epoch_history
 from service.schemas import StudySpec
 from service.trainable import (
@@ -15,12 +14,12 @@ from service.trainable import (
     DIVERGED,
     ERROR,
     ERROR_KIND,
-    RESUME_FROM,
-    TRIAL_NUMBER,
+    PARAMS,
+    RUN,
     checkpoint_path,
-    merge_config,
     run_trial,
 )
+from tests.service.conftest import make_searcher
 
 FIXED = {"epochs": 3, "steps_per_epoch": 2, "n_target": 40, "batch_size": 16}
 
@@ -39,9 +38,9 @@ def reported(monkeypatch):
 
 
 def test_a_diverged_trial_ends_with_diverged_at_its_epoch_and_removes_its_checkpoint(reported, tmp_path):
-    sampled = {"method": "target", TRIAL_NUMBER: 4}
+    config = {PARAMS: {"method": "target"}, RUN: {"number": 4}}
     fixed = {**FIXED, "epochs": 8, "lr": 1e6}
-    run_trial(sampled, fixed=fixed, cpus_per_trial=1, checkpoint_dir=str(tmp_path))
+    run_trial(config, fixed=fixed, cpus_per_trial=1, checkpoint_dir=str(tmp_path))
     *epochs, last = reported
     assert last[ERROR] == f"diverged at epoch {len(epochs)}" and last[ERROR_KIND] == DIVERGED
     assert last["best_val_acc"] is None and last["final"]  # no objective: never COMPLETE
@@ -51,7 +50,7 @@ def test_a_diverged_trial_ends_with_diverged_at_its_epoch_and_removes_its_checkp
 
 def test_a_missing_dataset_fails_the_trial_with_a_short_error_without_raising(reported, tmp_path):
     fixed = {**FIXED, "target": "cifar10", "source": "cifar100", "data_dir": str(tmp_path / "nowhere")}
-    run_trial({"method": "target", TRIAL_NUMBER: 0}, fixed=fixed, cpus_per_trial=1)
+    run_trial({PARAMS: {"method": "target"}, RUN: {"number": 0}}, fixed=fixed, cpus_per_trial=1)
     (last,) = reported
     assert last[ERROR_KIND] == DETERMINISTIC
     assert last[ERROR].startswith("DatasetNotFoundError: dataset 'cifar10' not found")
@@ -59,14 +58,17 @@ def test_a_missing_dataset_fails_the_trial_with_a_short_error_without_raising(re
 
 
 def test_a_bad_config_fails_the_trial_as_deterministic(reported):
-    run_trial({"method": "no-such-method", TRIAL_NUMBER: 0}, fixed=FIXED, cpus_per_trial=1)
+    run_trial({PARAMS: {"method": "no-such-method"}, RUN: {"number": 0}}, fixed=FIXED, cpus_per_trial=1)
     (last,) = reported
     assert last[ERROR_KIND] == DETERMINISTIC and last[ERROR].startswith("ValueError: ")
 
 
 def test_a_completed_trial_removes_its_checkpoint_and_marks_its_first_report(reported, tmp_path):
     run_trial(
-        {"method": "target", TRIAL_NUMBER: 2}, fixed=FIXED, cpus_per_trial=1, checkpoint_dir=str(tmp_path)
+        {PARAMS: {"method": "target"}, RUN: {"number": 2}},
+        fixed=FIXED,
+        cpus_per_trial=1,
+        checkpoint_dir=str(tmp_path),
     )
     *epochs, last = reported
     assert [e["first_report"] for e in epochs] == [True, False, False] and last["final"]
@@ -75,14 +77,10 @@ def test_a_completed_trial_removes_its_checkpoint_and_marks_its_first_report(rep
 
 def test_a_retry_takes_over_the_earlier_trials_checkpoint(tmp_path):
     (tmp_path / "3.pt").write_bytes(b"epoch 2 of trial 3")
-    path = checkpoint_path(str(tmp_path), {TRIAL_NUMBER: 9, RESUME_FROM: 3})
+    path = checkpoint_path(str(tmp_path), {"number": 9, "resume_from": 3})
     assert path == tmp_path / "9.pt" and path.read_bytes() == b"epoch 2 of trial 3"
     assert not (tmp_path / "3.pt").exists()
-    assert checkpoint_path(None, {TRIAL_NUMBER: 9}) is None
-    # not a parameter of the run
-    assert merge_config(FIXED, {"method": "target", TRIAL_NUMBER: 9, RESUME_FROM: 3}, cpus_per_trial=1) == (
-        merge_config(FIXED, {"method": "target"}, cpus_per_trial=1)
-    )
+    assert checkpoint_path(None, {"number": 9}) is None
 
 
 def _space(trial):
@@ -90,11 +88,7 @@ def _space(trial):
 
 
 def _searcher(tmp_path):
-    storage = make_optuna_storage(f"sqlite:///{tmp_path / 'o.db'}")
-    searcher = StoredOptunaSearch(
-        space=_space, metric="best_val_acc", mode="max", storage=storage, study_name="s"
-    )
-    return searcher, storage
+    return make_searcher(tmp_path / "o.db", _space)
 
 
 def test_the_searcher_stores_a_reported_failure_as_fail_with_its_error(tmp_path):
@@ -116,17 +110,18 @@ def test_the_searcher_stores_a_reported_failure_as_fail_with_its_error(tmp_path)
     assert (trial.user_attrs["error"], trial.user_attrs["error_kind"]) == ("diverged at epoch 2", DIVERGED)
 
 
-def test_a_trial_enqueued_as_a_retry_resumes_the_earlier_one_and_keeps_its_epochs(tmp_path):
+def test_a_dead_drivers_trial_is_retried_by_the_next_one_from_its_checkpoint_keeping_its_epochs(tmp_path):
     searcher, storage = _searcher(tmp_path)
     config = searcher.suggest("t1")
     for e in (1, 2):
         report = {"epoch": e, "val_acc": 0.5, "best_val_acc": 0.5}
         searcher.on_trial_result("t1", {**report, "epoch_report": report, "first_report": e == 1})
-    study = optuna.load_study(study_name="s", storage=storage)
-    study.enqueue_trial({"mixup_alpha": config["mixup_alpha"]}, user_attrs={"retry_of": 0})
+    # The driver dies with trial 0 RUNNING; the next one plans from the store.
+    searcher, storage = _searcher(tmp_path)
     retry = searcher.suggest("t2")
-    assert (retry[TRIAL_NUMBER], retry[RESUME_FROM]) == (1, 0)
+    assert retry[RUN] == {"number": 1, "resume_from": 0} and retry[PARAMS] == config[PARAMS]
     first, second = optuna.load_study(study_name="s", storage=storage).trials
+    assert (first.state.name, second.state.name, second.user_attrs["retry_of"]) == ("FAIL", "RUNNING", 0)
     assert epoch_history(second) == epoch_history(first) and len(epoch_history(first)) == 2
     assert "started_at" not in second.user_attrs  # set by its own first report
 

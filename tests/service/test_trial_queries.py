@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from service import ledger
 from service import repository as repo
 from service.db import make_optuna_storage
 
@@ -157,24 +158,23 @@ def test_complete_trials_come_best_first_in_batches(stored):
 
 
 def test_the_cached_best_follows_a_running_study(stored):
-    from service import studies
 
     def multitask(t):
         return t.user_attrs["sampled"]["method"] == "multitask"
 
     study = optuna.load_study(study_name="b", storage=stored)
-    assert studies.best_trial(stored, name="b").number == 1
-    first = studies.best_trial(stored, name="b", where=multitask, key="multitask")
-    again = studies.best_trial(stored, name="b", where=multitask, key="multitask")  # from the cache
+    assert ledger.best_trial(stored, name="b").number == 1
+    first = ledger.best_trial(stored, name="b", where=multitask, key="multitask")
+    again = ledger.best_trial(stored, name="b", where=multitask, key="multitask")  # from the cache
     assert first.number == 1 and _view(again) == _view(first)
     trial = study.ask(SPACE)
     trial.set_user_attr("sampled", {"method": "multitask"})
-    assert studies.best_trial(stored, name="b").number == 1  # a running trial changes nothing
+    assert ledger.best_trial(stored, name="b").number == 1  # a running trial changes nothing
     study.tell(trial, 0.99)
-    assert studies.best_trial(stored, name="b").number == trial.number
-    assert studies.best_trial(stored, name="b", where=multitask, key="multitask").number == trial.number
-    assert studies.best_trial(stored, name="empty") is None
-    assert studies.best_trial(stored, name="nope") is None
+    assert ledger.best_trial(stored, name="b").number == trial.number
+    assert ledger.best_trial(stored, name="b", where=multitask, key="multitask").number == trial.number
+    assert ledger.best_trial(stored, name="empty") is None
+    assert ledger.best_trial(stored, name="nope") is None
 
 
 def test_our_indexes_on_optunas_trials_leave_optuna_reading_and_writing_as_before(stored):

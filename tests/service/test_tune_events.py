@@ -3,13 +3,15 @@
 import logging
 from types import SimpleNamespace
 
+import optuna
+
 from service.tune_events import TrialEventLog, error_summary
 
 
 def _trial(tune_id, number, **config):
     return SimpleNamespace(
         trial_id=tune_id,
-        config={**config, "trial_number": number},
+        config={"params": config, "run": {"number": number}},
         last_result={},
         error_file=None,
         get_error=lambda: None,
@@ -42,6 +44,15 @@ def test_each_trial_event_is_one_line_naming_the_studys_trial_number_and_a_summa
         log.on_trial_error(0, trials, broken)
         cut_off.last_result = {"epoch": 1, "best_val_acc": 0.75}
         log.on_experiment_end(trials)
+        # The driver then logs the summary with the study's best trial (service.ledger.best_trial's).
+        best = optuna.trial.create_trial(
+            value=0.5,
+            params={"t0": 0.125},
+            distributions={"t0": optuna.distributions.FloatDistribution(0, 1)},
+            user_attrs={"sampled": {"method": "smooth", "t0": 0.125}},
+        )
+        best.number = 4
+        log.log_summary(best)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [
         "[demo] trial 4 started: method=smooth t0=0.125",
