@@ -7,16 +7,19 @@ as they are.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, create_engine, event, make_url
+from sqlalchemy import JSON, DateTime, Engine, Integer, String, Text, create_engine, event, make_url, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from optuna.storages import RDBStorage
 
     from service.settings import Settings
@@ -103,6 +106,30 @@ def make_engine(
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# The key of the PostgreSQL advisory lock that schema set-up holds: any 64-bit number the database's
+# other users do not take ("transch" in ASCII).
+SCHEMA_LOCK_KEY = 0x7472616E736368
+
+
+@contextlib.contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Hold the database's schema set-up for this process: our migrations, Optuna's tables (its
+    RDBStorage creates them on first use) and their indexes. Two API replicas starting together on a
+    new PostgreSQL database both create the same tables and types otherwise, and one of them fails
+    (issue 18). A session-level advisory lock on a connection of its own, released at the end (and by
+    PostgreSQL if the process dies). SQLite serves one host: nothing to hold."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            connection.commit()
 
 
 def create_schema(engine: Engine) -> None:

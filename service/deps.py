@@ -11,7 +11,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import create_schema, engine_from, make_sessionmaker, optuna_storage_from
+from service.db import create_schema, engine_from, make_sessionmaker, optuna_storage_from, schema_lock
 from service.errors import ClusterUnavailable
 from service.ray_cluster import Cluster, RayUnavailable
 from service.repository import ensure_optuna_indexes
@@ -42,15 +42,16 @@ class AppState:
     ) -> AppState:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = engine_from(settings)
-        create_schema(engine)
+        with schema_lock(engine):  # replicas starting together set the schema up one after the other
+            create_schema(engine)
+            storage = optuna_storage_from(settings)
+            with storage.engine.begin() as connection:  # Optuna made its tables by now
+                ensure_optuna_indexes(connection)
         if cluster is None:
             try:
                 cluster = connect(settings)
             except RayUnavailable:
                 logger.exception("no Ray cluster: studies cannot be submitted until one is reachable")
-        storage = optuna_storage_from(settings)
-        with storage.engine.begin() as connection:  # Optuna made its tables by now
-            ensure_optuna_indexes(connection)
         return cls(settings, engine, make_sessionmaker(engine), storage, cluster, connect)
 
     def close(self) -> None:

@@ -191,3 +191,43 @@ def test_the_server_refuses_to_start_on_an_optuna_schema_it_is_not_written_for(
     assert "schema in the database is v3.2.0.a" in message and "written for schema v9.9.9.z" in message
     assert "refusing to start" in message and f"installed optuna {optuna.__version__}" in message
     assert "requirements.lock" in message and not started
+
+
+def _open_app_state(url: str, data_dir: str) -> str:
+    """A fresh process setting the store up as the API's start does (service.deps.AppState.open)."""
+    from pathlib import Path
+
+    from service.deps import AppState
+    from service.settings import Settings
+
+    try:
+        settings = Settings(data_dir=Path(data_dir), database_url=url)
+        AppState.open(settings, cluster=object(), connect=lambda settings: None).close()
+    except Exception as exc:  # the answer is the test's, not a traceback in a child
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    return "ok"
+
+
+def test_api_replicas_starting_together_on_a_new_postgresql_database_all_come_up(tmp_path):
+    """Issue 18: two replicas of a rolling deploy on a new database both created the schema, and one
+    crashed (UniqueViolation on a table's type). Four processes set it up at once: all succeed, and the
+    schema is whole. (Without service.db.schema_lock, 7 of 12 such processes failed here.)"""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from service.migrate import current, head
+    from tests.conftest import fresh_database
+
+    with fresh_database("postgresql", tmp_path) as url:
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(4, mp_context=spawn) as pool:
+            answers = list(pool.map(_open_app_state, [url] * 4, [str(tmp_path / f"r{i}") for i in range(4)]))
+        assert answers == ["ok"] * 4, answers
+        engine = make_engine(url)
+        try:
+            assert current(engine) == head()
+            with engine.connect() as connection:
+                tables = set(connection.execute(text("SELECT tablename FROM pg_tables")).scalars())
+            assert {"transched_studies", "studies", "trials", "trial_user_attributes"} <= tables
+        finally:
+            engine.dispose()
