@@ -330,9 +330,12 @@ def fail_fast_after(spec: StudySpec) -> int:
     return min(spec.n_trials, max(3, len(spec.resolved_methods())))
 
 
-def checkpoint_dir(settings: Settings, optuna_name: str) -> Path:
-    """The study's epoch checkpoints: `<data_dir>/checkpoints/<optuna study name>/<trial number>.pt`."""
-    return (settings.data_dir / "checkpoints" / optuna_name).resolve()
+def checkpoint_dir(spec: StudySpec, optuna_name: str) -> Path:
+    """The study's epoch checkpoints: `checkpoints/<optuna study name>/<trial number>.pt` beside its
+    artifact cache (by default `<data dir>/checkpoints/...`). The stored spec's, not the driver's data
+    dir: whichever API replica resumes a study, its retries find the dead driver's checkpoints (issue 18).
+    The spec's paths are absolute once stored (StudySpec.with_paths_under, at submission)."""
+    return (Path(spec.trainer.artifact_dir).parent / "checkpoints" / optuna_name).resolve()
 
 
 def sampler_for(spec: StudySpec, plan: Plan) -> optuna.samplers.TPESampler:
@@ -394,7 +397,7 @@ def build_tuner(
             cpus_per_trial=spec.cpus_per_trial,
             gpus_per_trial=spec.gpus_per_trial,
             study={"study_id": study_id, "study_name": spec.name},
-            checkpoint_dir=str(checkpoint_dir(settings, optuna_name)),
+            checkpoint_dir=str(checkpoint_dir(spec, optuna_name)),
             rungs=rung_budgets(es, spec.trainer.epochs) if es.kind == "schedule_sh" else None,
         ),
         resources,
@@ -493,7 +496,7 @@ def _run_tuner(spec: StudySpec, plan: Plan, *, study_id: str, optuna_name: str, 
     if n:
         logger.info("marked %d trial(s) cut by the run's end as PRUNED", n)
     log_summary(events, storage, name=optuna_name)
-    shutil.rmtree(checkpoint_dir(settings, optuna_name), ignore_errors=True)
+    shutil.rmtree(checkpoint_dir(spec, optuna_name), ignore_errors=True)
     logger.info("study %s %s (%d trials): %s", study_id, final.value, len(results), message or "ok")
     return final, message
 

@@ -175,3 +175,16 @@ def test_a_driver_that_dies_leaves_its_study_running_for_the_supervisor_and_a_st
         assert repo.trial_counts(s, names=[study.optuna_study_name])[study.optuna_study_name] == {"FAIL": 1}
     engine.dispose()
     storage.engine.dispose()
+
+
+def test_a_studys_checkpoints_are_where_its_stored_spec_says_whichever_replica_runs_it(tmp_path):
+    """Issue 18: a study resumed by another API replica (another TRANSCHED_DATA_DIR) lost its epoch
+    checkpoints, as the folder came from the resuming driver's settings. It comes from the stored spec."""
+    from service.driver import checkpoint_dir
+
+    submitted = StudySpec.model_validate({"name": "x"}).with_paths_under(tmp_path / "replica-a")
+    assert checkpoint_dir(submitted, "transched-1") == (
+        tmp_path / "replica-a" / "checkpoints" / "transched-1"
+    )
+    stored = StudySpec.model_validate(submitted.model_dump(mode="json"))  # as the resuming driver reads it
+    assert checkpoint_dir(stored, "transched-1") == checkpoint_dir(submitted, "transched-1")
